@@ -1,0 +1,150 @@
+"""Checkpoints: a directory per checkpoint, written atomically.
+
+    RUN_DIR/latest/  model.safetensors   weights (safetensors: no pickle, safe to share)
+                     config.json         {"schema_version": 1, "config": the full RunConfig}
+                     optimizer.pt        optimizer state (tensors and numbers only)
+                     state.pt            step, best val loss, RNG states, loader state
+    RUN_DIR/best/    the same, for the lowest validation loss so far
+
+A checkpoint is written to a temporary directory and renamed into place. Replacing an existing
+one moves the old directory aside first, renames the new one in, then deletes the old; if a
+crash lands between the two renames, `resolve` finds the old copy and puts it back. `.pt` files
+are read with weights_only=True, so loading never runs arbitrary pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from gptlab.config import from_dict
+from gptlab.errors import GptlabError
+from gptlab.model.config import ModelConfig
+from gptlab.model.gpt import GPT
+
+SCHEMA_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+OPTIMIZER = "optimizer.pt"
+STATE = "state.pt"
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def resolve(path: Path) -> Path:
+    """`path` if it is a checkpoint, restoring the old copy left by a crash mid-replace."""
+    old = _aside(path)
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+    return path
+
+
+def save(
+    path: Path,
+    model: nn.Module,
+    config: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write a checkpoint directory at `path` atomically (see module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        save_model(model, str(tmp / WEIGHTS))  # drops tied duplicates (lm_head == wte)
+        doc = {"schema_version": SCHEMA_VERSION, "config": config}
+        (tmp / CONFIG).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / STATE)
+        for name, src in (extra_files or {}).items():  # e.g. tokenizer.json, to decode samples
+            shutil.copyfile(src, tmp / name)
+        resolve(path)
+        shutil.rmtree(_aside(path), ignore_errors=True)  # leftover of a crash after the swap
+        if path.exists():
+            os.replace(path, _aside(path))
+        os.replace(tmp, path)
+        shutil.rmtree(_aside(path), ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def migrate(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Bring an older config.json up to SCHEMA_VERSION (the one place migrations live)."""
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise GptlabError(
+            f"{path / CONFIG} has schema version {version}, this gptlab reads {SCHEMA_VERSION}; "
+            "upgrade gptlab or re-export the checkpoint"
+        )
+    return doc
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The full run config dict stored in a checkpoint."""
+    path = resolve(Path(path))
+    if not path.is_dir():
+        raise GptlabError(f"no checkpoint at {path}; train one first with gptlab train")
+    try:
+        doc = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise GptlabError(f"checkpoint {path} has no readable {CONFIG} ({e})") from None
+    return migrate(doc, path)["config"]
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load model.safetensors into `model` strictly, with one clear error if it is damaged."""
+    file = Path(path) / WEIGHTS
+    if not file.is_file():
+        raise GptlabError(f"checkpoint {path} has no {WEIGHTS}")
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GptlabError(
+            f"{file} is corrupt or truncated ({first}); use another checkpoint (e.g. best/) "
+            "or retrain"
+        ) from None
+    if missing or unexpected:
+        raise GptlabError(
+            f"{file} does not match the model in its config.json (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}); the checkpoint is damaged"
+        )
+
+
+def load_model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> GPT:
+    """Rebuild the model from the checkpoint's stored ModelConfig and load its weights."""
+    config = load_config(path)
+    try:
+        model_cfg = from_dict(ModelConfig, config["model"], prefix="model.")
+    except (KeyError, ValueError) as e:
+        raise GptlabError(f"checkpoint {path} has an invalid model config ({e})") from None
+    model = GPT(model_cfg)
+    load_weights(model, path)
+    return model.to(device)
+
+
+def load_pt(path: Path, name: str) -> dict[str, Any]:
+    """Read optimizer.pt or state.pt with weights_only=True (no arbitrary unpickling)."""
+    file = Path(path) / name
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files
+        raise GptlabError(
+            f"{file} is missing or corrupt ({type(e).__name__}); cannot resume from this checkpoint"
+        ) from None

@@ -1,0 +1,89 @@
+"""What every verb shares: logging setup, data locations from the environment, and tyro parsing
+that turns any usage error into one line instead of a boxed message.
+
+This is the only layer that reads environment variables or prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tyro
+
+from gptlab.data.registry import Locations
+
+T = TypeVar("T")
+
+EXIT_USAGE = 2  # bad flag or config value
+EXIT_ERROR = 1  # a user-fixable problem found while running (missing file, corrupt checkpoint)
+
+
+class UsageError(Exception):
+    """A command-line or config mistake: printed as one line, exit status 2."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+def locations() -> Locations:
+    """Data folder (GPTLAB_DATA_DIR), cache (GPTLAB_CACHE_DIR, else the XDG cache) and whether
+    downloads are allowed (not when GPTLAB_OFFLINE=1), from the environment."""
+    data_dir = os.environ.get("GPTLAB_DATA_DIR")
+    cache = os.environ.get("GPTLAB_CACHE_DIR")
+    if not cache:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        cache = str(Path(xdg) / "gptlab")
+    return Locations(
+        cache_dir=Path(cache).expanduser(),
+        data_dir=Path(data_dir).expanduser() if data_dir else None,
+        allow_download=os.environ.get("GPTLAB_OFFLINE", "") in ("", "0"),
+    )
+
+
+_BOX_CHARS = "│╭╮╰╯─┃┏┓┗┛━|+"
+
+
+def _condense(text: str) -> str:
+    """One line from tyro's boxed error: the title and the rows before the help hint."""
+    lines = []
+    for raw in text.splitlines():
+        line = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip().strip(_BOX_CHARS).strip()
+        if not line or set(line) <= set(_BOX_CHARS + " "):
+            continue
+        if line.startswith(("For full helptext", "Argument helptext")):
+            break
+        lines.append(line)
+    msg = " ".join(lines)
+    msg = re.sub(r"^(Value error|Unrecognized options|Parsing error|Required options)\s+", "", msg)
+    msg = re.sub(r"Error parsing run\.\w+: ", "", msg)  # our ValueErrors already name the field
+    msg = re.sub(r"\s+", " ", msg)
+    m = re.match(r"(.*?)\s*Perhaps you meant:\s*(\S+)", msg)
+    if m:  # keep the suggestion, drop tyro's repeated help text
+        msg = f"{m.group(1)}; did you mean {m.group(2)}?"
+    return msg
+
+
+def parse(cls: type[T], args: Sequence[str], prog: str, default: Any = None, **kw: Any) -> T:
+    """tyro.cli, but a usage error raises UsageError with a one-line message."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return tyro.cli(cls, args=list(args), prog=prog, default=default, **kw)
+    except SystemExit as e:
+        if e.code in (0, None):  # --help
+            raise
+        raise UsageError(f"{_condense(err.getvalue())} (see {prog} --help)") from None

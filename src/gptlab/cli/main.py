@@ -1,0 +1,51 @@
+"""`gptlab <verb> ...`: a table of verbs, each a module with `run(argv) -> exit code`.
+
+User mistakes become one line on stderr and a non-zero exit (2 for usage and config errors,
+1 for problems found while running); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from gptlab.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError
+from gptlab.errors import GptlabError
+
+VERBS = {
+    "prepare": ("gptlab.cli.prepare", "tokenize a dataset or text into train/val memmaps"),
+    "train": ("gptlab.cli.train", "train a model (default: Shakespeare, char-level)"),
+    "sample": ("gptlab.cli.sample", "generate text from a trained run"),
+}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  {verb:<9} {desc}" for verb, (_, desc) in VERBS.items())
+    return f"usage: gptlab <verb> [options]   (gptlab <verb> --help for its options)\n\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(), end="")
+        return 0 if argv else EXIT_USAGE
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
+        return EXIT_USAGE
+    module = importlib.import_module(VERBS[verb][0])
+    try:
+        return module.run(rest)
+    except (UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except GptlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

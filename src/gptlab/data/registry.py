@@ -1,0 +1,103 @@
+"""Registered datasets: where each one's raw text lives and how to fetch it.
+
+Lookup order for a registered dataset: the local data folder (GPTLAB_DATA_DIR, read by the CLI
+and passed in as `Locations.data_dir`), then the user cache, then a one-time download from the
+public source into the cache, verified by sha256. Offline with no copy, the error says exactly
+where to put the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from gptlab.errors import GptlabError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    relpath: str  # path of the raw text under a data folder or the cache
+    url: str
+    sha256: str
+    tokenizer: str
+
+
+REGISTRY = {
+    "shakespeare_char": DatasetSpec(
+        name="shakespeare_char",
+        relpath="tinyshakespeare/input.txt",
+        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        tokenizer="char",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Locations:
+    """Where raw data may already be (data_dir) and where derived files go (cache_dir)."""
+
+    cache_dir: Path
+    data_dir: Path | None = None
+    allow_download: bool = True
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, sha256: str) -> None:
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, os.fdopen(fd, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                for chunk in iter(lambda: r.read(1 << 16), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        got = sha256_file(Path(tmp))
+        if got != sha256:
+            raise GptlabError(f"download of {url} has sha256 {got}, expected {sha256}; try again")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def find_raw(spec: DatasetSpec, loc: Locations) -> Path:
+    """Path of the dataset's raw text, downloading it into the cache on first use."""
+    candidates = []
+    if loc.data_dir is not None:
+        candidates.append(loc.data_dir / spec.relpath)
+    cached = loc.cache_dir / "raw" / spec.relpath
+    candidates.append(cached)
+    for path in candidates:
+        if path.is_file():
+            return path
+    if not loc.allow_download:
+        raise GptlabError(
+            f"dataset {spec.name!r} not found at {' or '.join(map(str, candidates))} and "
+            f"downloads are off (GPTLAB_OFFLINE); put {spec.relpath} under GPTLAB_DATA_DIR or "
+            f"the file at {cached}"
+        )
+    try:
+        _download(spec.url, cached, spec.sha256)
+    except OSError as e:  # URLError is an OSError: offline, DNS failure, refused, timeout
+        raise GptlabError(
+            f"dataset {spec.name!r} is not available locally and downloading {spec.url} failed "
+            f"({getattr(e, 'reason', e)}); put the file at {cached} "
+            f"or set GPTLAB_DATA_DIR to a folder containing {spec.relpath}"
+        ) from None
+    return cached

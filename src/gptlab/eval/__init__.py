@@ -1,0 +1,1 @@
+"""Evaluation: losses on held-out data."""

@@ -1,0 +1,1 @@
+"""Inference: sampling next tokens and generating text from a trained model."""

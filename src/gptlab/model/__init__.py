@@ -1,0 +1,1 @@
+"""The GPT model: one class whose variants are picked by ModelConfig."""

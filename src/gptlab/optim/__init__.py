@@ -1,0 +1,1 @@
+"""Optimizers and learning-rate schedules; they see (name, parameter) pairs, never the model."""

@@ -1,0 +1,1 @@
+"""Training: the run config, the loop, and its checkpoints."""

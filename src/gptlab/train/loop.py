@@ -1,0 +1,303 @@
+"""The training loop: data -> model -> AdamW steps, with evaluation, logging and checkpoints.
+
+One function, `train(cfg, runtime, locations)`, runs a whole job. Each optimizer step
+accumulates `grad_accum_steps` micro-batches, clips the global gradient norm, sets the LR from
+the schedule and steps AdamW. Every `eval_interval` steps (and after the last) it measures the
+loss on fixed train and val batches, appends to metrics.jsonl and writes `latest/` (and `best/`
+on a new best val loss). Resuming restores model, optimizer, grad scaler, loader and RNG state,
+so on a CPU a resumed run repeats an uninterrupted one loss for loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptlab import checkpoint
+from gptlab.config import from_dict, to_dict
+from gptlab.data.loader import RandomWindowLoader, fixed_batches
+from gptlab.data.prepare import load_meta, open_split, prepare
+from gptlab.data.registry import Locations
+from gptlab.errors import GptlabError
+from gptlab.eval.loss import mean_loss
+from gptlab.model.config import ModelConfig
+from gptlab.model.gpt import GPT, flops_per_token
+from gptlab.optim.build import build_optimizer
+from gptlab.optim.schedule import lr_at
+from gptlab.runtime import Runtime, seed_everything
+from gptlab.train.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    best_val_loss: float
+    last_val_loss: float
+    elapsed_s: float
+    history: list[dict[str, Any]]  # the metrics rows written by this process
+
+
+def _check_fresh_run_dir(run_dir: Path) -> None:
+    taken = [n for n in ("latest", "best", METRICS) if (run_dir / n).exists()]
+    if taken:
+        raise GptlabError(
+            f"run directory {run_dir} already holds a run ({', '.join(taken)}); pass --resume to "
+            "continue it or choose another --train.out_dir (nothing was overwritten)"
+        )
+
+
+def _check_same_architecture(stored: dict[str, Any], new: ModelConfig) -> None:
+    new_d = to_dict(new)
+    changed = [k for k in new_d if k in stored and stored[k] != new_d[k] and k != "dropout"]
+    if changed:
+        k = changed[0]
+        raise GptlabError(
+            f"--resume cannot change the architecture: model.{k} is {stored[k]} in the checkpoint "
+            f"but {new_d[k]} now; drop that override or start a new --train.out_dir"
+        )
+
+
+def _rng_state(runtime: Runtime) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if runtime.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], runtime: Runtime) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and runtime.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], runtime.device)
+
+
+def _rewrite_metrics_until(path: Path, step: int) -> None:
+    """Drop metric rows past `step` (written by a run that crashed after its last checkpoint)."""
+    if not path.exists():
+        return
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept))
+    tmp.replace(path)
+
+
+def train(
+    cfg: RunConfig,
+    runtime: Runtime,
+    locations: Locations,
+    resume: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) the training job described by `cfg`; returns a summary.
+
+    `on_step(step, loss)` is called after every optimizer step (tests use it to simulate a crash).
+    """
+    t_start = time.perf_counter()
+    tc, run_dir = cfg.train, Path(cfg.train.out_dir)
+    ckpt_latest = run_dir / "latest"
+
+    stored_cfg = None
+    if resume:
+        if not checkpoint.resolve(ckpt_latest).is_dir():
+            raise GptlabError(
+                f"cannot resume: no checkpoint at {ckpt_latest}; check --train.out_dir or "
+                "start without --resume"
+            )
+        stored_cfg = checkpoint.load_config(ckpt_latest)
+    else:
+        _check_fresh_run_dir(run_dir)
+
+    # Data first: the tokenizer fixes the vocabulary size of the model.
+    data_dir = prepare(cfg.data.dataset, cfg.data.tokenizer, cfg.data.val_fraction, locations)
+    meta = load_meta(data_dir)
+    if meta["vocab_size"] != cfg.model.vocab_size:
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])
+        )
+    if stored_cfg is not None:
+        _check_same_architecture(stored_cfg["model"], cfg.model)
+    T = cfg.model.seq_len
+    train_tokens, val_tokens = open_split(data_dir, "train"), open_split(data_dir, "val")
+    for split, toks in (("train", train_tokens), ("val", val_tokens)):
+        if len(toks) < T + 1:
+            raise GptlabError(
+                f"the {split} split of {cfg.data.dataset} has {len(toks)} tokens, fewer than one "
+                f"window of model.seq_len + 1 = {T + 1}; use more text or a smaller "
+                "--model.seq_len"
+            )
+    loader = RandomWindowLoader(train_tokens, tc.batch_size, T, seed=tc.seed)
+    eval_sets = {
+        "train": fixed_batches(train_tokens, tc.eval_steps, tc.batch_size, T, seed=tc.seed + 1),
+        "val": fixed_batches(val_tokens, tc.eval_steps, tc.batch_size, T, seed=tc.seed + 2),
+    }
+
+    seed_everything(tc.seed)
+    model = GPT(cfg.model).to(runtime.device)
+    optimizer = build_optimizer(model.named_parameters(), cfg.optim)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
+    start_step, best_val = 0, math.inf
+    if resume:
+        checkpoint.load_weights(model, ckpt_latest)
+        opt_state = checkpoint.load_pt(ckpt_latest, checkpoint.OPTIMIZER)
+        state = checkpoint.load_pt(ckpt_latest, checkpoint.STATE)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError) as e:
+            raise GptlabError(
+                f"optimizer state in {ckpt_latest} does not fit this model ({e})"
+            ) from None
+        scaler.load_state_dict(state["scaler"])
+        loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"], runtime)
+        start_step, best_val = state["step"], state["best_val_loss"]
+        _rewrite_metrics_until(run_dir / METRICS, start_step)
+        log.info("resumed from %s at step %d", ckpt_latest, start_step)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = to_dict(cfg)
+    (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+    fwd_model = torch.compile(model) if tc.compile else model
+    n_params = model.num_params()
+    tokens_per_step = tc.sequences_per_step * T
+    log.info(
+        "model: %.2fM parameters, %.2f MFLOPs/token (train) | %s | %d tokens/step",
+        n_params / 1e6,
+        flops_per_token(cfg.model) / 1e6,
+        runtime.describe(),
+        tokens_per_step,
+    )
+
+    metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+    history: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        history.append(row)
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+
+    def save(name: str, step: int) -> None:
+        checkpoint.save(
+            run_dir / name,
+            model,
+            config_dict,
+            optimizer_state=optimizer.state_dict(),
+            trainer_state={
+                "step": step,
+                "best_val_loss": best_val,
+                "rng": _rng_state(runtime),
+                "loader": loader.state_dict(),
+                "scaler": scaler.state_dict(),
+            },
+            extra_files={"tokenizer.json": data_dir / "tokenizer.json"},
+        )
+
+    last_val = math.nan
+    t_log, step_log = time.perf_counter(), start_step
+    model.train()
+    try:
+        for step in range(start_step, tc.max_steps):
+            lr = lr_at(step, tc.max_steps, cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(tc.grad_accum_steps):
+                x, y = loader.next_batch()  # (B, T), (B, T)
+                x, y = x.to(runtime.device), y.to(runtime.device)
+                with runtime.autocast():
+                    loss = fwd_model(x, y) / tc.grad_accum_steps
+                scaler.scale(loss).backward()
+            if cfg.optim.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+
+            if on_step is not None or done % tc.log_interval == 0:
+                loss_val = loss.item() * tc.grad_accum_steps
+                if on_step is not None:
+                    on_step(done, loss_val)
+            if done % tc.log_interval == 0:
+                now = time.perf_counter()
+                dt = (now - t_log) / max(1, done - step_log)
+                t_log, step_log = now, done
+                elapsed = now - t_start
+                eta = (tc.max_steps - done) * dt
+                record(
+                    {
+                        "step": done,
+                        "train_loss": loss_val,
+                        "lr": lr,
+                        "ms_per_step": dt * 1e3,
+                        "tokens_per_s": tokens_per_step / dt,
+                        "elapsed_s": elapsed,
+                    }
+                )
+                log.info(
+                    "step %5d/%d (%3.0f%%) | loss %.4f | lr %.2e | %.1f ms/step | %.0f tok/s | "
+                    "elapsed %.0fs, eta %.0fs",
+                    done,
+                    tc.max_steps,
+                    100 * done / tc.max_steps,
+                    loss_val,
+                    lr,
+                    dt * 1e3,
+                    tokens_per_step / dt,
+                    elapsed,
+                    eta,
+                )
+            if done % tc.eval_interval == 0 or done == tc.max_steps:
+                t_eval = time.perf_counter()
+                losses = {
+                    split: mean_loss(fwd_model, batches, runtime.device, runtime.autocast)
+                    for split, batches in eval_sets.items()
+                }
+                last_val = losses["val"]
+                is_best = last_val < best_val
+                best_val = min(best_val, last_val)
+                record(
+                    {
+                        "step": done,
+                        "train_eval_loss": losses["train"],
+                        "val_loss": last_val,
+                        "elapsed_s": time.perf_counter() - t_start,
+                    }
+                )
+                if tc.save_checkpoints:
+                    save("latest", done)
+                    if is_best:
+                        save("best", done)
+                log.info(
+                    "eval step %d | train %.4f | val %.4f%s",
+                    done,
+                    losses["train"],
+                    last_val,
+                    " (best)" if is_best else "",
+                )
+                t_log += time.perf_counter() - t_eval  # keep eval time out of ms/step
+    finally:
+        metrics_file.close()
+    elapsed = time.perf_counter() - t_start
+    log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best_val)
+    return TrainResult(run_dir, tc.max_steps, best_val, last_val, elapsed, history)
+
+
+def load_run_config(path: Path) -> RunConfig:
+    """The RunConfig stored in a checkpoint directory."""
+    try:
+        return from_dict(RunConfig, checkpoint.load_config(path))
+    except ValueError as e:
+        raise GptlabError(f"checkpoint {path} holds an invalid config ({e})") from None

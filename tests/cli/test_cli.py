@@ -1,0 +1,202 @@
+"""The command line, in process (fast) and once through the installed console script."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from tests.conftest import needs_shakespeare
+
+from gptlab.cli.main import main
+
+TINY = ["--preset", "tiny", "--train.max_steps", "20"]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_help_lists_every_field_with_type_and_default(cli_env, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in [
+        "--model.n_layer",
+        "--model.n_head",
+        "--model.n_embd",
+        "--model.seq_len",
+        "--model.vocab_size",
+        "--model.dropout",
+        "--model.bias",
+        "--optim.lr",
+        "--optim.min_lr",
+        "--optim.weight_decay",
+        "--optim.beta1",
+        "--optim.beta2",
+        "--optim.warmup_steps",
+        "--optim.grad_clip",
+        "--train.max_steps",
+        "--train.batch_size",
+        "--train.grad_accum_steps",
+        "--train.eval_interval",
+        "--train.eval_steps",
+        "--train.log_interval",
+        "--train.seed",
+        "--train.device",
+        "--train.dtype",
+        "--train.compile",
+        "--train.out_dir",
+        "--data.dataset",
+        "--preset",
+        "--config",
+        "--resume",
+    ]:
+        assert flag in out, flag
+    assert "Number of transformer blocks" in out and "(default: 4)" in out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model.n_head", "5"], "not divisible by model.n_head 5"),
+        (["--optim.lr", "-1"], "optim.lr must be > 0"),
+        (["--model.n_layers", "3"], "did you mean --model.n_layer"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--model.n_layer", "x"], "--model.n_layer"),
+        (["--train.dtype", "half"], "--train.dtype"),
+        (["--config", "missing.yaml"], "missing.yaml does not exist"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(cli_env, capsys, args, needle):
+    assert main(["train", *TINY, *args]) == 2
+    assert needle in _one_error_line(capsys)
+
+
+def test_config_file_with_unknown_field(cli_env, capsys):
+    (cli_env / "c.yaml").write_text("model:\n  n_layers: 2\n")
+    assert main(["train", "--config", "c.yaml"]) == 2
+    assert "unknown config field 'model.n_layers'" in _one_error_line(capsys)
+
+
+def test_dataset_missing_while_offline(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("GPTLAB_DATA_DIR", str(cli_env / "empty"))
+    assert main(["train", *TINY, "--data.dataset", "shakespeare_char"]) == 1
+    assert "tinyshakespeare/input.txt" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"", "empty"),
+        (b"   \n", "empty"),
+        (b"caf\xe9 au lait " * 50, "is not UTF-8"),
+        (b"too short", "fewer than one window"),
+    ],
+)
+def test_bad_text_files(cli_env, capsys, content, needle):
+    (cli_env / "in.txt").write_bytes(content)
+    assert main(["train", *TINY, "--data.dataset", "in.txt"]) == 1
+    assert needle in _one_error_line(capsys)
+    assert not (cli_env / "runs").exists()
+
+
+def test_prepare_then_train_then_sample_is_reproducible(cli_env, capsys, text_file):
+    assert main(["prepare", str(text_file), "--out", "prep"]) == 0
+    meta = json.loads((cli_env / "prep" / "meta.json").read_text())
+    assert meta["tokenizer"] == "char" and meta["dtype"] == "uint16"
+    assert main(["train", *TINY, "--data.dataset", "prep", "--train.out_dir", "r"]) == 0
+    capsys.readouterr()
+    args = ["sample", "r", "--prompt", "th", "--max-new-tokens", "30", "--seed", "7"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("th") and len(first) >= 32
+    assert main([*args[:-1], "8", "--num-samples", "2"]) == 0
+    assert "-" * 40 in capsys.readouterr().out
+
+
+def test_sample_bad_inputs(cli_env, capsys, text_file):
+    assert main(["sample", "nope"]) == 1
+    assert "does not exist" in _one_error_line(capsys)
+    assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "r", "--prompt", "\u2603"]) == 1
+    assert "not in this model" in _one_error_line(capsys)
+    assert main(["sample", "r", "--prompt", "@missing.txt"]) == 1
+    assert "does not exist" in _one_error_line(capsys)
+    (cli_env / "p.txt").write_text("the")
+    assert main(["sample", "r", "--prompt", "@p.txt", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+    weights = cli_env / "r" / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main(["sample", "r"]) == 1
+    assert "corrupt or truncated" in _one_error_line(capsys)
+
+
+def test_resume_errors_and_no_overwrite(cli_env, capsys, text_file):
+    assert main(["train", *TINY, "--resume", "--train.out_dir", "nope"]) == 1
+    assert "no checkpoint" in _one_error_line(capsys)
+    base = [*TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]
+    assert main(["train", *base]) == 0
+    weights = (cli_env / "r" / "latest" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *base]) == 1
+    assert "already holds a run" in _one_error_line(capsys)
+    assert main(["train", *base, "--resume", "--model.n_layer", "3"]) == 1
+    assert "cannot change the architecture" in _one_error_line(capsys)
+    assert (cli_env / "r" / "latest" / "model.safetensors").read_bytes() == weights
+    # resuming with a longer schedule continues from step 20
+    assert main(["train", "--resume", "--train.out_dir", "r", "--train.max_steps", "30"]) == 0
+    rows = (cli_env / "r" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["step"] == 30
+
+
+def test_unknown_verb(capsys):
+    assert main(["trian"]) == 2
+    assert "unknown verb 'trian'" in _one_error_line(capsys)
+
+
+@needs_shakespeare
+def test_console_script_end_to_end_on_shakespeare(tmp_path):
+    """prepare -> train 20 steps -> sample through the real `gptlab` command."""
+    env = {
+        **__import__("os").environ,
+        "GPTLAB_CACHE_DIR": str(tmp_path / "cache"),
+        "GPTLAB_OFFLINE": "1",
+    }
+    exe = [sys.executable, "-m", "gptlab.cli.main"]
+
+    def run(*args):
+        return subprocess.run(
+            [*exe, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    p = run("prepare", "shakespeare_char")
+    assert p.returncode == 0, p.stderr
+    assert "1,003,854 train / 111,540 val tokens, vocab 65" in p.stdout
+    p = run(
+        "train",
+        "--preset",
+        "shakespeare_char_cpu",
+        "--train.max_steps",
+        "20",
+        "--train.eval_interval",
+        "10",
+        "--train.eval_steps",
+        "2",
+        "--optim.warmup_steps",
+        "5",
+        "--train.log_interval",
+        "10",
+        "--train.out_dir",
+        "run",
+    )
+    assert p.returncode == 0, p.stderr
+    assert "preset shakespeare_char_cpu" in p.stdout and "step    20/20" in p.stdout
+    p = run("sample", "run", "--prompt", "ROMEO:", "--max-new-tokens", "40")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ROMEO:") and len(p.stdout) > 40

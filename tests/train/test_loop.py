@@ -1,0 +1,118 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from gptlab.errors import GptlabError
+from gptlab.runtime import make_runtime
+from gptlab.train.loop import train
+
+
+def _runtime():
+    return make_runtime("cpu", "float32")
+
+
+def _with(cfg, **train_kw):
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_kw))
+
+
+def test_loss_falls_and_outputs_are_written(tiny_run, locations):
+    cfg = _with(tiny_run, max_steps=40, eval_interval=20)
+    result = train(cfg, _runtime(), locations)
+    rows = [
+        json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert losses[-1] < losses[0] and len(vals) == 2
+    assert all(k in rows[0] for k in ("step", "lr", "ms_per_step", "tokens_per_s"))
+    for name in ("latest", "best"):
+        assert (result.run_dir / name / "model.safetensors").is_file()
+        assert (result.run_dir / name / "tokenizer.json").is_file()
+    stored = json.loads((result.run_dir / "config.json").read_text())
+    assert (
+        stored["model"]["vocab_size"]
+        == json.loads((result.run_dir / "latest" / "config.json").read_text())["config"]["model"][
+            "vocab_size"
+        ]
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_resume_reproduces_uninterrupted_run(tiny_run, locations, tmp_path, dtype):
+    """Crash after step 10 (a checkpoint), resume, and get exactly the same losses to step 20."""
+    base = dataclasses.replace(tiny_run, model=dataclasses.replace(tiny_run.model, dropout=0.1))
+    rt = make_runtime("cpu", dtype)
+    full = {}
+    train(
+        _with(base, out_dir=str(tmp_path / "a")),
+        rt,
+        locations,
+        on_step=lambda s, loss: full.__setitem__(s, loss),
+    )
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_12(step, loss):
+        if step == 12:
+            raise Crash
+
+    cfg_b = _with(base, out_dir=str(tmp_path / "b"))
+    with pytest.raises(Crash):
+        train(cfg_b, rt, locations, on_step=crash_after_12)
+    resumed = {}
+    train(cfg_b, rt, locations, resume=True, on_step=lambda s, loss: resumed.__setitem__(s, loss))
+    assert sorted(resumed) == list(range(11, 21))
+    assert all(resumed[s] == full[s] for s in resumed)  # bit-exact on CPU
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [10, 20]  # no rows from the crash
+
+
+def _snapshot(root):
+    return sorted((str(p), p.stat().st_mtime_ns) for p in Path(root).rglob("*"))
+
+
+def test_fresh_run_refuses_existing_run_dir(tiny_run, locations):
+    train(tiny_run, _runtime(), locations)
+    before = _snapshot(tiny_run.train.out_dir)
+    with pytest.raises(GptlabError, match="already holds a run"):
+        train(tiny_run, _runtime(), locations)
+    assert _snapshot(tiny_run.train.out_dir) == before  # nothing touched
+
+
+def test_resume_refuses_architecture_change(tiny_run, locations):
+    train(tiny_run, _runtime(), locations)
+    wider = dataclasses.replace(tiny_run, model=dataclasses.replace(tiny_run.model, n_embd=64))
+    with pytest.raises(GptlabError, match="model.n_embd is 32 in the checkpoint but 64"):
+        train(wider, _runtime(), locations, resume=True)
+
+
+def test_resume_without_checkpoint(tiny_run, locations):
+    with pytest.raises(GptlabError, match="cannot resume"):
+        train(tiny_run, _runtime(), locations, resume=True)
+
+
+def test_text_shorter_than_a_window(tmp_path, tiny_run, locations):
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words here")
+    cfg = dataclasses.replace(tiny_run, data=dataclasses.replace(tiny_run.data, dataset=str(short)))
+    with pytest.raises(GptlabError, match="fewer than one window"):
+        train(cfg, _runtime(), locations)
+    assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+def test_grad_accumulation_matches_bigger_batch(tiny_run, locations, tmp_path):
+    """2 micro-batches of 4 see the same 8 windows as one batch of 8: same update, same loss."""
+    a = _with(tiny_run, batch_size=8, grad_accum_steps=1, max_steps=6, out_dir=str(tmp_path / "a"))
+    b = _with(
+        tiny_run,
+        batch_size=4,
+        grad_accum_steps=2,
+        max_steps=6,
+        eval_steps=4,
+        out_dir=str(tmp_path / "b"),
+    )  # same 16 eval windows as (8 x 2)
+    ra, rb = train(a, _runtime(), locations), train(b, _runtime(), locations)
+    assert rb.last_val_loss == pytest.approx(ra.last_val_loss, abs=1e-5)
