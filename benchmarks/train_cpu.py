@@ -33,7 +33,7 @@ RECIPES = {
         "--train.batch_size", "12", "--train.max_steps", "2000", "--train.eval_interval", "250",
         "--train.eval_steps", "20", "--train.log_interval", "100", "--train.dtype", "float32",
         "--optim.lr", "1e-3", "--optim.min_lr", "1e-4", "--optim.warmup_steps", "100",
-        "--optim.beta2", "0.99",
+        "--optim.beta2", "0.99", "--optim.weight_decay", "0.1",
     ],
 }  # fmt: skip
 
