@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,27 @@ def test_grad_accumulation_matches_bigger_batch(tiny_run, locations, tmp_path):
     )  # same 16 eval windows as (8 x 2)
     ra, rb = train(a, _runtime(), locations), train(b, _runtime(), locations)
     assert rb.last_val_loss == pytest.approx(ra.last_val_loss, abs=1e-5)
+
+
+def test_float16_autocast_uses_grad_scaler(tiny_run, locations):
+    rt = make_runtime("cpu", "float16")
+    assert rt.needs_grad_scaler
+    result = train(_with(tiny_run, max_steps=20), rt, locations)
+    losses = [r["train_loss"] for r in result.history if "train_loss" in r]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_compiled_run_saves_uncompiled_weights(tiny_run, locations):
+    """torch.compile on CPU (about 30 s on 2 cores): keys carry no `_orig_mod.` prefix."""
+    cfg = _with(tiny_run, max_steps=6, eval_interval=6, compile=True)
+    result = train(cfg, _runtime(), locations)
+    from safetensors import safe_open
+
+    with safe_open(str(result.run_dir / "latest" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("_orig_mod" in k for k in keys)
+    from gptlab.checkpoint import load_model_from_checkpoint
+
+    loaded = load_model_from_checkpoint(result.run_dir / "latest").cfg
+    assert loaded == dataclasses.replace(cfg.model, vocab_size=loaded.vocab_size)
