@@ -12,7 +12,7 @@ from gptlab.errors import GptlabError
 def _spec(tmp_path, content: bytes, sha: str | None = None) -> DatasetSpec:
     src = tmp_path / "remote.txt"
     src.write_bytes(content)
-    return DatasetSpec("toy", "toy/input.txt", src.as_uri(), sha or sha256_file(src), "char")
+    return DatasetSpec("toy", "toy/input.txt", src.as_uri(), sha or sha256_file(src))
 
 
 def test_download_once_into_cache_then_reuse(tmp_path):

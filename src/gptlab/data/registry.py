@@ -24,7 +24,6 @@ class DatasetSpec:
     relpath: str  # path of the raw text under a data folder or the cache
     url: str
     sha256: str
-    tokenizer: str
 
 
 REGISTRY = {
@@ -33,7 +32,6 @@ REGISTRY = {
         relpath="tinyshakespeare/input.txt",
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-        tokenizer="char",
     ),
 }
 
