@@ -31,7 +31,7 @@ from gptlab.errors import GptlabError
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 OPTIMIZER = "optimizer.pt"
@@ -87,6 +87,10 @@ def save(
 def migrate(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     """Bring an older config.json up to SCHEMA_VERSION (the one place migrations live)."""
     version = doc.get("schema_version")
+    if version == 1:  # v1 (gptlab 0.1) had no vocabulary padding; every other new field
+        model = doc.get("config", {}).get("model", {})  # defaults to the v1 behaviour
+        model.setdefault("vocab_multiple", 1)
+        doc["schema_version"] = version = 2
     if version != SCHEMA_VERSION:
         raise GptlabError(
             f"{path / CONFIG} has schema version {version}, this gptlab reads {SCHEMA_VERSION}; "

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from gptlab.model.config import ModelConfig
-from gptlab.model.gpt import GPT, flops_per_token
+from gptlab.model.accounting import count_params, flops_per_token
+from gptlab.model.gpt import GPT
 
 
 def test_forward_shapes_and_dtype(model_cfg):
@@ -13,8 +14,8 @@ def test_forward_shapes_and_dtype(model_cfg):
     idx = torch.randint(model_cfg.vocab_size, (3, 10))
     logits = model(idx)
     assert logits.shape == (3, 10, model_cfg.vocab_size) and logits.dtype == torch.float32
-    loss = model(idx, idx)
-    assert loss.shape == () and torch.isfinite(loss)
+    loss, stats = model(idx, idx)
+    assert loss.shape == () and torch.isfinite(loss) and torch.equal(loss, stats["ce"])
 
 
 def test_causality(model_cfg):
@@ -33,7 +34,7 @@ def test_causality(model_cfg):
 def test_initial_loss_is_about_ln_vocab(model_cfg):
     model = GPT(model_cfg)
     idx = torch.randint(model_cfg.vocab_size, (8, model_cfg.seq_len))
-    loss = model(idx, torch.randint(model_cfg.vocab_size, (8, model_cfg.seq_len)))
+    loss, _ = model(idx, torch.randint(model_cfg.vocab_size, (8, model_cfg.seq_len)))
     assert abs(loss.item() - math.log(model_cfg.vocab_size)) < 0.1
 
 
@@ -44,7 +45,7 @@ def test_one_batch_overfits(model_cfg):
     x = torch.randint(model_cfg.vocab_size, (4, model_cfg.seq_len))
     y = torch.randint(model_cfg.vocab_size, (4, model_cfg.seq_len))
     for _ in range(150):
-        loss = model(x, y)
+        loss, _ = model(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -54,9 +55,11 @@ def test_one_batch_overfits(model_cfg):
 def test_tied_embeddings_and_param_count(model_cfg):
     model = GPT(model_cfg)
     assert model.lm_head.weight is model.wte.weight
-    C, V, T, L = model_cfg.n_embd, model_cfg.vocab_size, model_cfg.seq_len, model_cfg.n_layer
+    C, V, T, L = model_cfg.n_embd, model_cfg.padded_vocab, model_cfg.seq_len, model_cfg.n_layer
     per_block = (3 * C * C + 3 * C) + (C * C + C) + (8 * C * C + 5 * C) + 4 * C
-    assert model.num_params() == V * C + T * C + L * per_block + 2 * C
+    counts = count_params(model)
+    assert counts.total == counts.active == V * C + T * C + L * per_block + 2 * C
+    assert counts.embedding == T * C  # the tied token table is also the output matmul
 
 
 def test_gpt2_init_scales_residual_projections():
@@ -74,7 +77,7 @@ def test_no_bias_option(model_cfg):
 
 def test_flops_per_token_matches_6n_plus_attention():
     cfg = ModelConfig(n_layer=12, n_head=12, n_embd=768, seq_len=1024, vocab_size=50257)
-    n_matmul = 12 * 12 * 768 * 768 + 50257 * 768
+    n_matmul = 12 * 12 * 768 * 768 + 50304 * 768  # lm_head over the padded vocabulary
     assert flops_per_token(cfg) == 6 * n_matmul + 12 * 12 * 1024 * 768
 
 

@@ -1,4 +1,8 @@
-"""Mean cross-entropy of a model over a fixed list of batches (the val loss nanoGPT reports)."""
+"""Mean cross-entropy of a model over a fixed list of batches (the val loss nanoGPT reports).
+
+Only the next-token cross-entropy counts: MoE balancing terms and multi-token-prediction heads
+are training objectives, not part of the loss we compare models by.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ def mean_loss(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> float:
-    """Average loss over `batches` in eval mode (dropout off); restores the previous mode."""
+    """Mean next-token loss over `batches` in eval mode (dropout off); restores the mode."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
     for x, y in batches:
         with autocast():
-            total += model(x.to(device), y.to(device)).float()
+            _, stats = model(x.to(device), y.to(device))
+            total += stats["ce"].float()
     model.train(was_training)
     return total.item() / len(batches)

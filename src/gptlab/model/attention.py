@@ -1,8 +1,24 @@
-"""Causal multi-head self-attention through torch's scaled_dot_product_attention.
+"""Causal self-attention with every variant the config offers, and three backends.
 
-SDPA picks the fastest kernel the device has (flash / memory-efficient on CUDA, a fused CPU
-kernel otherwise). We pass is_causal=True instead of a mask so the fused kernels can be used;
-an explicit (T, T) mask would force the slow path.
+    q, k, v = x W_q, x W_k, x W_v          (n_head query heads, n_kv_head key/value heads: GQA)
+    q, k    = rmsnorm(q), rmsnorm(k)       (qk_norm)
+    q, k    = rope(q), rope(k)             (pos_emb rope)
+    s_ij    = q_i . k_j / sqrt(D)
+    s_ij    = cap * tanh(s_ij / cap)       (attn_softcap)
+    s_ij    = s_ij - m_h * (i - j)         (pos_emb alibi)
+    s_ij    = -inf where j may not be seen (causal; sliding window; other document)
+    y_i     = sum_j softmax(s_i)_j v_j
+
+Which keys a query may see is one function, `visible`, used for the dense masks and for
+FlexAttention alike. Backends:
+  sdpa  torch's scaled_dot_product_attention: fused kernels; is_causal=True when the mask is
+        plain causal, otherwise a dense (T, T) mask (slower; we log a warning once). SDPA cannot
+        softcap, so attn_softcap falls back to `math` (also warned).
+  math  the explicit reference above, in fp32: slow, obviously correct, used by the tests.
+  flex  torch FlexAttention: the mask becomes a block-sparse BlockMask and softcap/ALiBi a
+        score_mod, so windows and documents skip whole blocks instead of masking a dense matrix.
+        Compiled on CUDA; on a CPU torch runs an unfused eager path (correct, slow) that has no
+        backward, so on a CPU flex is for inference and tests only.
 
 On a CPU, SDPA's fused kernel is about 4x slower in bf16 than in fp32 (backward especially:
 12.5 ms vs 3.0 ms for B=32, H=4, T=64, D=32 on a 2-core AVX512-BF16 Xeon), so under CPU bf16
@@ -11,37 +27,218 @@ autocast the attention core runs in fp32 while the surrounding matmuls stay bf16
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gptlab.model.config import ModelConfig
+from gptlab.model.layers import alibi_slopes, apply_rope
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning("warning: %s", message)
+
+
+@dataclasses.dataclass
+class AttnContext:
+    """What every block's attention needs besides x; built once per forward by the model."""
+
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin: (1 or B, 1, T, D/2)
+    doc_ids: torch.Tensor | None = None  # (B, T) document index of each token, or None
+
+
+def visible(
+    q_idx: torch.Tensor,
+    kv_idx: torch.Tensor,
+    window: int | None,
+    global_tokens: int,
+    doc_q: torch.Tensor | None = None,
+    doc_kv: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """True where query position q_idx may attend to key position kv_idx (broadcasts)."""
+    ok = kv_idx <= q_idx  # causal
+    if window is not None:
+        ok = ok & ((q_idx - kv_idx < window) | (kv_idx < global_tokens))
+    if doc_q is not None:
+        ok = ok & (doc_q == doc_kv)  # never across a document boundary
+    return ok
+
+
+def dense_mask(
+    T: int, window: int | None, global_tokens: int, doc_ids: torch.Tensor | None, device
+) -> torch.Tensor:
+    """The visibility rule as a dense bool mask: (1, 1, T, T), or (B, 1, T, T) with documents."""
+    i = torch.arange(T, device=device)[:, None]  # (T, 1) queries
+    j = torch.arange(T, device=device)[None, :]  # (1, T) keys
+    if doc_ids is None:
+        return visible(i, j, window, global_tokens)[None, None]
+    doc_q, doc_kv = doc_ids[:, None, :, None], doc_ids[:, None, None, :]  # (B,1,T,1), (B,1,1,T)
+    return visible(i, j, window, global_tokens, doc_q, doc_kv)
+
+
+def alibi_bias(slopes: torch.Tensor, T: int) -> torch.Tensor:
+    """ALiBi's additive bias -m_h * (i - j): (1, H, T, T), float32."""
+    pos = torch.arange(T, device=slopes.device)
+    distance = (pos[:, None] - pos[None, :]).clamp(min=0).float()  # (T, T)
+    return -(slopes[:, None, None] * distance)[None]
+
+
+def math_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    softcap: float | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Reference attention: q (B, H, T, D), k and v (B, Hkv, T, D) -> (B, H, T, D)."""
+    groups = q.size(1) // k.size(1)
+    k = k.repeat_interleave(groups, dim=1)  # (B, Hkv, T, D) -> (B, H, T, D)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = (q.float() @ k.float().transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, H, T, T)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if bias is not None:
+        scores = scores + bias
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)
+    return (probs @ v.float()).to(q.dtype)  # (B, H, T, D)
+
+
+def _flex():
+    """flex_attention and create_block_mask (torch >= 2.5; ModelConfig checks the version)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    return flex_attention, create_block_mask
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(_flex()[0], dynamic=False)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
-        self.n_head = cfg.n_head
-        self.head_dim = cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.cfg = cfg
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.window = cfg.layer_window(layer)
+        self.qkv = nn.Linear(
+            cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias
+        )
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout_p = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(
+                cfg.head_dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_weight
+            )
+            self.k_norm = nn.RMSNorm(
+                cfg.head_dim, eps=cfg.norm_eps, elementwise_affine=cfg.norm_weight
+            )
+        if cfg.pos_emb == "alibi":
+            self.register_buffer("alibi", alibi_slopes(cfg.n_head), persistent=False)  # (H,)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, T, C) -> (B, H, T, D)
-        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        dropout_p = self.dropout_p if self.training else 0.0
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=2)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, T, H*D) -> (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if ctx.rope is not None:
+            q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
+        backend = getattr(self, f"_{self.cfg.attn_backend}")
+        y = backend(q, k, v, ctx.doc_ids)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C)
+        return self.proj(y)
+
+    def _dropout_p(self) -> float:
+        return self.cfg.dropout if self.training else 0.0
+
+    def _plain_causal(self, doc_ids: torch.Tensor | None) -> bool:
+        return self.window is None and doc_ids is None and self.cfg.pos_emb != "alibi"
+
+    def _math(self, q, k, v, doc_ids) -> torch.Tensor:
+        T = q.size(2)
+        mask = dense_mask(T, self.window, self.cfg.global_tokens, doc_ids, q.device)
+        bias = alibi_bias(self.alibi, T) if self.cfg.pos_emb == "alibi" else None
+        return math_attention(q, k, v, mask, bias, self.cfg.attn_softcap, self._dropout_p())
+
+    def _sdpa(self, q, k, v, doc_ids) -> torch.Tensor:
+        if self.cfg.attn_softcap is not None:
+            _warn_once(
+                "SDPA cannot softcap attention scores, so model.attn_softcap runs the "
+                "slow math path; use --model.attn_backend flex for a fused kernel"
+            )
+            return self._math(q, k, v, doc_ids)
+        T = q.size(2)
+        mask, is_causal = None, self._plain_causal(doc_ids)
+        if not is_causal:
+            _warn_once(
+                "sliding windows, document masks and ALiBi give SDPA a dense T x T mask "
+                "(slower, more memory); --model.attn_backend flex avoids it"
+            )
+            mask = dense_mask(T, self.window, self.cfg.global_tokens, doc_ids, q.device)
+            if self.cfg.pos_emb == "alibi":
+                bias = alibi_bias(self.alibi, T)  # (1, H, T, T)
+                mask = bias.masked_fill(~mask, float("-inf"))
+        gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # autocast would cast fp32 inputs back to bf16, so switch it off for this call
             with torch.autocast(device_type="cpu", enabled=False):
                 y = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), dropout_p=dropout_p, is_causal=True
-                ).to(q.dtype)  # (B, H, T, D)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
-        return self.resid_dropout(self.proj(y))
+                    q.float(), k.float(), v.float(), attn_mask=mask,
+                    dropout_p=self._dropout_p(), is_causal=is_causal, **gqa,
+                )  # fmt: skip
+            return y.to(q.dtype)  # (B, H, T, D)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self._dropout_p(), is_causal=is_causal, **gqa
+        )
+
+    def _flex(self, q, k, v, doc_ids) -> torch.Tensor:
+        flex_attention, create_block_mask = _flex()
+        B, T = q.size(0), q.size(2)
+        window, n_global, cap = self.window, self.cfg.global_tokens, self.cfg.attn_softcap
+        slopes = self.alibi if self.cfg.pos_emb == "alibi" else None
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            if doc_ids is None:
+                return visible(q_idx, kv_idx, window, n_global)
+            return visible(q_idx, kv_idx, window, n_global, doc_ids[b, q_idx], doc_ids[b, kv_idx])
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            if cap is not None:
+                score = cap * torch.tanh(score / cap)
+            if slopes is not None:
+                score = score - slopes[h] * (q_idx - kv_idx)
+            return score
+
+        if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+            raise ValueError(
+                "model.attn_backend flex has no backward pass on a CPU in this torch; train "
+                "with --model.attn_backend sdpa (or math) and use flex on a GPU"
+            )
+        block_mask = create_block_mask(
+            mask_mod, B if doc_ids is not None else None, None, T, T, device=q.device
+        )
+        mod = score_mod if (cap is not None or slopes is not None) else None
+        gqa = self.n_kv_head != self.n_head
+        if q.device.type == "cuda" and not torch.compiler.is_compiling():
+            return _compiled_flex()(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=gqa)
+        with warnings.catch_warnings():  # torch warns that eager flex is unfused; we know
+            warnings.simplefilter("ignore")
+            dtype = q.dtype
+            if q.device.type == "cpu" and dtype == torch.bfloat16:
+                q, k, v = q.float(), k.float(), v.float()
+            y = flex_attention(q, k, v, score_mod=mod, block_mask=block_mask, enable_gqa=gqa)
+        return y.to(dtype)

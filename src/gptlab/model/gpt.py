@@ -1,9 +1,18 @@
-"""GPT: a decoder-only transformer, readable top to bottom.
+"""GPT: one decoder-only transformer class; the config picks each piece.
 
-Design (GPT-2): token + learned position embeddings, pre-LayerNorm residual blocks
-(x + attn(ln(x)), x + mlp(ln(x))), a final LayerNorm, and an output head tied to the token
-embedding. Init follows GPT-2: N(0, 0.02) everywhere, with residual output projections scaled by
-1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
+Default design (GPT-2): token + learned position embeddings, pre-norm residual blocks
+(x + attn(norm(x)), x + mlp(norm(x))), a final norm, and an output head tied to the token
+embedding. Init follows GPT-2: N(0, 0.02) everywhere, with residual output projections scaled
+by 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth.
+
+Modern variants (RoPE, ALiBi, RMSNorm, QK-norm, SwiGLU, ReLU^2, GQA, sliding windows, softcaps,
+MoE, multi-token prediction, document masking) are ModelConfig fields; see docs/architecture.md.
+
+    model(idx)                 -> logits (B, T, V), fp32
+    model(idx, targets)        -> (loss, stats): loss is the training objective (cross-entropy
+                                  plus MTP and MoE terms); stats holds detached scalars,
+                                  stats["ce"] being the plain next-token cross-entropy
+    model(idx, targets, doc_starts=starts)   the same with document masking (starts: (B, T) bool)
 """
 
 from __future__ import annotations
@@ -14,80 +23,161 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlab.model.attention import CausalSelfAttention
+from gptlab.model.attention import AttnContext, CausalSelfAttention
 from gptlab.model.config import ModelConfig
-from gptlab.model.layers import MLP
+from gptlab.model.layers import Rotary, make_mlp, make_norm
+from gptlab.model.moe import MoE
+
+Stats = dict[str, torch.Tensor]
+
+# parameters that write into the residual stream: scaled (or zeroed) at init
+RESIDUAL_OUTPUTS = ("attn.proj.weight", "mlp.proj.weight", "mlp.w_out", "shared.proj.weight")
 
 
 class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, moe: bool = False) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MoE(cfg) if moe else make_mlp(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, Stats | None]:
+        x = x + self.drop(self.attn(self.ln_1(x), ctx))  # (B, T, C)
+        h, stats = self.mlp(self.ln_2(x)), None
+        if isinstance(h, tuple):  # an MoE layer also returns its routing statistics
+            h, stats = h
+        return x + self.drop(h), stats  # (B, T, C)
+
+
+class MTPHead(nn.Module):
+    """Multi-token prediction (Gloeckle et al. 2024): one extra block on the trunk's output,
+    then a norm; the shared output head turns it into logits for a token further ahead."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.block = Block(cfg, cfg.n_layer - 1)
+        self.ln = make_norm(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        return self.ln(self.block(x, ctx)[0])
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.seq_len, cfg.n_embd)
+        C, V = cfg.n_embd, cfg.padded_vocab
+        self.wte = nn.Embedding(V, C)
+        if cfg.pos_emb == "learned":
+            self.wpe = nn.Embedding(cfg.seq_len, C)
+        if cfg.pos_emb == "rope":
+            self.rotary = Rotary(cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying: one (V, C) matrix both ways
+        self.blocks = nn.ModuleList(
+            Block(cfg, i, moe=cfg.is_moe_layer(i)) for i in range(cfg.n_layer)
+        )
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(C, V, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one (V, C) matrix both ways
+        self.mtp = nn.ModuleList(MTPHead(cfg) for _ in range(cfg.mtp_heads))
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """GPT-2 init for every parameter; residual projections get std 0.02 / sqrt(2 L)."""
+        """GPT-2 init: N(0, 0.02); residual outputs N(0, 0.02 / sqrt(2 L)) or zero; norms 1."""
         resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        norm_params = {
+            id(p)
+            for m in self.modules()
+            if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
+            for p in m.parameters()
+            if p.dim() == 1 and p is getattr(m, "weight", None)
+        }
         for name, p in self.named_parameters():
-            if name.endswith(".bias"):
+            if name.endswith(".bias") or name.rsplit(".", 1)[-1] in ("b_in", "b_out"):
                 nn.init.zeros_(p)
-            elif ".ln_" in name or name.startswith("ln_f"):
+            elif id(p) in norm_params:
                 nn.init.ones_(p)
-            elif name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=resid_std, generator=generator)
-            else:  # embeddings (wte is also lm_head), qkv and mlp.fc weights
+            elif name.endswith(RESIDUAL_OUTPUTS):
+                if self.cfg.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=resid_std, generator=generator)
+            else:  # embeddings, qkv, MLP inputs, routers, an untied lm_head
                 nn.init.normal_(p, mean=0.0, std=0.02, generator=generator)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V) in fp32, or the mean cross-entropy if `targets` (B, T) is given."""
+    def _positions(self, T: int, doc_starts: torch.Tensor | None, device) -> torch.Tensor:
+        """Position of each token: 0..T-1, or (B, T) restarting at every document start."""
+        pos = torch.arange(T, device=device)  # (T,)
+        if doc_starts is None:
+            return pos
+        start = torch.where(doc_starts, pos, torch.zeros_like(pos))  # (B, T)
+        return pos - start.cummax(dim=1).values  # distance to the latest document start
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, T, C) -> fp32 logits (B, T, vocab_size), padding cropped."""
+        logits = self.lm_head(h)[..., : self.cfg.vocab_size].float()  # fp32: stable softmax
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap is not None else logits
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        doc_starts: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Stats]:
+        """Logits (B, T, V); or, given targets (B, T), (training loss, stats). See module doc."""
+        cfg = self.cfg
         B, T = idx.shape
-        if self.cfg.seq_len < T:
-            raise ValueError(f"sequence of {T} tokens exceeds model.seq_len {self.cfg.seq_len}")
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        if cfg.seq_len < T:
+            raise ValueError(f"sequence of {T} tokens exceeds model.seq_len {cfg.seq_len}")
+        if doc_starts is not None and not cfg.doc_mask:
+            raise ValueError("doc_starts were given but model.doc_mask is off")
+        pos = self._positions(T, doc_starts, idx.device)  # (T,) or (B, T)
+        doc_ids = doc_starts.long().cumsum(dim=1) if doc_starts is not None else None  # (B, T)
+        x = self.wte(idx)  # (B, T, C)
+        if cfg.embed_scale:
+            x = x * math.sqrt(cfg.n_embd)
+        if cfg.pos_emb == "learned":
+            x = x + self.wpe(pos)  # (T, C) or (B, T, C), broadcast over the batch
+        x = self.drop(x)
+        ctx = AttnContext(rope=self.rotary(pos) if cfg.pos_emb == "rope" else None, doc_ids=doc_ids)
+        moe_stats: list[Stats] = []
         for block in self.blocks:
-            x = block(x)  # (B, T, C)
-        x = self.ln_f(x)  # (B, T, C)
-        logits = self.lm_head(x).float()  # (B, T, V), fp32 for a stable softmax
+            x, stats = block(x, ctx)  # (B, T, C)
+            if stats is not None:
+                moe_stats.append(stats)
+        logits = self.logits(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
 
-    def num_params(self, include_embeddings: bool = True) -> int:
-        """Parameter count (tied weights once). Without embeddings, drops the position table."""
-        n = sum(p.numel() for p in self.parameters())
-        return n if include_embeddings else n - self.wpe.weight.numel()
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
-    """Training FLOPs per token (forward + backward = 3x forward), attention included.
-
-    Forward: 2 FLOPs per multiply-add for every weight matrix (the lm_head included, embeddings
-    excluded since they are lookups), plus attention's QK^T and AV: 2 * 2 * T * C per layer.
-    """
-    T = seq_len or cfg.seq_len
-    C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    matmul_params = L * (3 * C * C + C * C + 8 * C * C) + V * C
-    attn = L * 2 * 2 * T * C
-    return 3 * (2 * matmul_params + attn)
+        ce = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        loss, out = ce, {"ce": ce.detach()}
+        for i, (head, weight) in enumerate(
+            zip(self.mtp, cfg.mtp_loss_weights, strict=True), start=1
+        ):
+            if i >= T:  # no target that far ahead
+                break
+            # head i predicts token t+1+i, i.e. targets[t+i], for the positions that have one
+            ahead = self.logits(head(x, ctx))[:, : T - i]  # (B, T-i, V)
+            ce_i = F.cross_entropy(ahead.reshape(-1, ahead.size(-1)), targets[:, i:].reshape(-1))
+            loss = loss + weight * ce_i
+            out[f"mtp_ce_{i}"] = ce_i.detach()
+        if moe_stats:
+            aux = torch.stack([s["aux_loss"] for s in moe_stats]).sum()
+            z = torch.stack([s["z_loss"] for s in moe_stats]).sum()
+            loss = loss + cfg.moe.aux_loss_coef * aux + cfg.moe.z_loss_coef * z
+            n = len(moe_stats)
+            dropped = sum(s["dropped"] for s in moe_stats)
+            total = sum(s["assignments"] for s in moe_stats)
+            out |= {
+                "moe_aux_loss": aux.detach() / n,
+                "moe_z_loss": z.detach() / n,
+                "moe_drop_frac": dropped.float() / total,
+                "moe_tokens_per_expert": sum(s["tokens_per_expert"] for s in moe_stats),
+            }
+        return loss, out

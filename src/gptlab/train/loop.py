@@ -28,8 +28,9 @@ from gptlab.data.prepare import load_meta, open_split, prepare
 from gptlab.data.registry import Locations
 from gptlab.errors import GptlabError
 from gptlab.eval.loss import mean_loss
+from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.config import ModelConfig
-from gptlab.model.gpt import GPT, flops_per_token
+from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import lr_at
 from gptlab.runtime import Runtime, seed_everything
@@ -59,9 +60,15 @@ def _check_fresh_run_dir(run_dir: Path) -> None:
         )
 
 
+# model fields a resumed run may change: they do not change the weights
+RESUMABLE_CHANGES = ("dropout", "attn_backend")
+
+
 def _check_same_architecture(stored: dict[str, Any], new: ModelConfig) -> None:
-    new_d = to_dict(new)
-    changed = [k for k in new_d if k in stored and stored[k] != new_d[k] and k != "dropout"]
+    new_d = json.loads(json.dumps(to_dict(new)))  # tuples -> lists, as stored
+    changed = [
+        k for k in new_d if k in stored and stored[k] != new_d[k] and k not in RESUMABLE_CHANGES
+    ]
     if changed:
         k = changed[0]
         raise GptlabError(
@@ -170,11 +177,13 @@ def train(
     config_dict = to_dict(cfg)
     (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     fwd_model = torch.compile(model) if tc.compile else model
-    n_params = model.num_params()
+    counts = count_params(model)
     tokens_per_step = tc.sequences_per_step * T
+    active = f" ({counts.active / 1e6:.2f}M active)" if counts.active != counts.total else ""
     log.info(
-        "model: %.2fM parameters, %.2f MFLOPs/token (train) | %s | %d tokens/step",
-        n_params / 1e6,
+        "model: %.2fM parameters%s, %.2f MFLOPs/token (train) | %s | %d tokens/step",
+        counts.total / 1e6,
+        active,
         flops_per_token(cfg.model) / 1e6,
         runtime.describe(),
         tokens_per_step,
@@ -216,8 +225,8 @@ def train(
                 x, y = loader.next_batch()  # (B, T), (B, T)
                 x, y = x.to(runtime.device), y.to(runtime.device)
                 with runtime.autocast():
-                    loss = fwd_model(x, y) / tc.grad_accum_steps
-                scaler.scale(loss).backward()
+                    loss, stats = fwd_model(x, y)
+                scaler.scale(loss / tc.grad_accum_steps).backward()
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -227,7 +236,7 @@ def train(
             done = step + 1
 
             if on_step is not None or done % tc.log_interval == 0:
-                loss_val = loss.item() * tc.grad_accum_steps
+                loss_val = stats["ce"].item()  # next-token loss, without MTP/MoE terms
                 if on_step is not None:
                     on_step(done, loss_val)
             if done % tc.log_interval == 0:
@@ -244,6 +253,7 @@ def train(
                         "ms_per_step": dt * 1e3,
                         "tokens_per_s": tokens_per_step / dt,
                         "elapsed_s": elapsed,
+                        **_extra_metrics(stats),
                     }
                 )
                 log.info(
@@ -293,6 +303,20 @@ def train(
     elapsed = time.perf_counter() - t_start
     log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best_val)
     return TrainResult(run_dir, tc.max_steps, best_val, last_val, elapsed, history)
+
+
+def _extra_metrics(stats: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The last micro-batch's MoE and MTP statistics as plain numbers (for metrics.jsonl)."""
+    out: dict[str, Any] = {}
+    for name, value in stats.items():
+        if name == "ce":
+            continue
+        if name == "moe_tokens_per_expert":
+            load = value.float()
+            out["moe_load"] = [round(v, 4) for v in (load / load.sum()).tolist()]
+        else:
+            out[name] = value.item()
+    return out
 
 
 def load_run_config(path: Path) -> RunConfig:
