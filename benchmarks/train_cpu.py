@@ -27,7 +27,7 @@ from pathlib import Path
 RECIPES = {
     "ours": ["--preset", "shakespeare_char_cpu"],
     "nanogpt_cpu": [
-        "--preset", "shakespeare_char_cpu",
+        "--preset", "gpt2-char", "--model.vocab_multiple", "1",
         "--model.n_layer", "4", "--model.n_head", "4", "--model.n_embd", "128",
         "--model.seq_len", "64", "--model.dropout", "0.0", "--model.no_bias",
         "--train.batch_size", "12", "--train.max_steps", "2000", "--train.eval_interval", "250",

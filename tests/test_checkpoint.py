@@ -1,9 +1,13 @@
+import dataclasses
+import json
+
 import pytest
 import torch
 
 from gptlab import checkpoint
 from gptlab.config import to_dict
 from gptlab.errors import GptlabError
+from gptlab.model.config import MoEConfig
 from gptlab.model.gpt import GPT
 from gptlab.train.config import RunConfig
 
@@ -61,3 +65,31 @@ def test_pt_files_load_weights_only(tmp_path, model_cfg):
     torch.save({"x": Evil()}, path / checkpoint.STATE)
     with pytest.raises(GptlabError, match="missing or corrupt"):
         checkpoint.load_pt(path, checkpoint.STATE)
+
+
+def test_variant_round_trip_keeps_untied_head_and_moe_bias(tmp_path, model_cfg):
+    cfg = dataclasses.replace(
+        model_cfg,
+        tie_embeddings=False,
+        pos_emb="rope",
+        moe=MoEConfig(n_experts=2, top_k=1, bias_balancing=True),
+    )
+    model = GPT(cfg)
+    model.blocks[0].mlp.expert_bias.fill_(0.25)  # state that is a buffer, not a parameter
+    path = checkpoint.save(tmp_path / "ck", model, to_dict(RunConfig(model=cfg)))
+    loaded = checkpoint.load_model_from_checkpoint(path)
+    assert loaded.lm_head.weight is not loaded.wte.weight
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert torch.all(loaded.blocks[0].mlp.expert_bias == 0.25)
+
+
+def test_schema_v1_config_migrates_to_unpadded_vocab(tmp_path, model_cfg):
+    """gptlab 0.1 checkpoints (schema 1) had no vocab padding; they must still load."""
+    v1 = dataclasses.replace(model_cfg, vocab_multiple=1)
+    model, path = _save(tmp_path, v1)
+    doc = json.loads((path / checkpoint.CONFIG).read_text())
+    del doc["config"]["model"]["vocab_multiple"]
+    doc["schema_version"] = 1
+    (path / checkpoint.CONFIG).write_text(json.dumps(doc))
+    loaded = checkpoint.load_model_from_checkpoint(path)
+    assert loaded.cfg.vocab_multiple == 1 and loaded.wte.weight.shape[0] == model_cfg.vocab_size

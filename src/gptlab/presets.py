@@ -1,11 +1,15 @@
 """Named presets: plain functions returning a RunConfig. Add one by writing a function.
 
 `shakespeare_char` is nanoGPT's GPU recipe; `shakespeare_char_cpu` is tuned to learn Shakespeare
-on a 2-core laptop CPU in well under a minute; `tiny` is for tests.
+on a 2-core laptop CPU in well under a minute; `gpt2-char`, `llama` and `modern` are the three
+architecture recipes at that size (compared in docs/architecture.md); `gpt2` ... `gpt2-xl` are
+the published GPT-2 shapes and `llama-15m` ... `llama-100m` small LLaMA-style models (their data
+is the default dataset until a tokenizer for real corpora is chosen); `tiny` is for tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from gptlab.data.config import DataConfig
@@ -31,16 +35,10 @@ def shakespeare_char() -> RunConfig:
     )
 
 
-def shakespeare_char_cpu() -> RunConfig:
-    """A small char model that reaches val loss < 1.88 on 2 CPU cores in well under a minute.
-
-    Tuned on a 2-core Xeon (bf16 autocast) for the shortest wall time to val loss 1.88: at this
-    budget a wide, shallow model (2 x 256) beat 4 x 128, 6 x 128, 3 x 192 and 2 x 320; lr 4e-3
-    beat 2e-3, 3e-3, 5e-3 and 6e-3; no weight decay beat 0.1; batch 32 beat 16, 24 and 64 per
-    second of wall time. Sweep log and figures: docs/quickstart.md.
-    """
+def _char_cpu(model: ModelConfig, out_dir: str) -> RunConfig:
+    """Shakespeare char on a 2-core CPU: the training settings every CPU recipe shares."""
     return RunConfig(
-        model=ModelConfig(n_layer=2, n_head=4, n_embd=256, seq_len=64, dropout=0.0, bias=False),
+        model=model,
         data=DataConfig(dataset="shakespeare_char"),
         optim=OptimConfig(lr=4e-3, min_lr=4e-4, weight_decay=0.0, beta2=0.99, warmup_steps=30),
         train=TrainConfig(
@@ -49,9 +47,140 @@ def shakespeare_char_cpu() -> RunConfig:
             eval_interval=480,
             eval_steps=25,
             log_interval=40,
-            out_dir="runs/shakespeare_char_cpu",
+            out_dir=out_dir,
         ),
     )
+
+
+# The three Shakespeare-char CPU recipes compared in docs/architecture.md: the same width,
+# depth and context (2 x 256, T = 64, about 1.6M parameters), differing only in architecture.
+CHAR_CPU_SHAPE = dict(n_layer=2, n_head=4, n_embd=256, seq_len=64, dropout=0.0, bias=False)
+
+
+def gpt2_char() -> RunConfig:
+    """GPT-2-style recipe on Shakespeare char (learned positions, LayerNorm, GELU, tied)."""
+    return _char_cpu(ModelConfig(**CHAR_CPU_SHAPE), "runs/gpt2-char")
+
+
+def llama() -> RunConfig:
+    """LLaMA-style recipe on Shakespeare char: RoPE, RMSNorm, SwiGLU, GQA (2 kv heads), no
+    bias, untied embeddings. d_ff 768 (not 8/3 C) gives back the parameters GQA saves, so the
+    three recipes have about the same count."""
+    model = ModelConfig(
+        **CHAR_CPU_SHAPE,
+        pos_emb="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        d_ff=768,
+        n_kv_head=2,
+        tie_embeddings=False,
+    )
+    return _char_cpu(model, "runs/llama")
+
+
+def modern() -> RunConfig:
+    """The modded-nanogpt-style small-model recipe on Shakespeare char: RoPE, QK-norm, ReLU^2,
+    RMSNorm without weights, zero-initialised output projections, untied embeddings and a
+    logit softcap."""
+    model = ModelConfig(
+        **CHAR_CPU_SHAPE,
+        pos_emb="rope",
+        norm="rmsnorm",
+        norm_weight=False,
+        qk_norm=True,
+        mlp="relu2",
+        zero_init_proj=True,
+        tie_embeddings=False,
+        logit_softcap=15.0,
+    )
+    return _char_cpu(model, "runs/modern")
+
+
+def shakespeare_char_cpu() -> RunConfig:
+    """A small char model that reaches val loss < 1.88 on 2 CPU cores in well under a minute.
+
+    Tuned on a 2-core Xeon (bf16 autocast) for the shortest wall time to val loss 1.88: at this
+    budget a wide, shallow model (2 x 256) beat 4 x 128, 6 x 128, 3 x 192 and 2 x 320; lr 4e-3
+    beat 2e-3, 3e-3, 5e-3 and 6e-3; no weight decay beat 0.1; batch 32 beat 16, 24 and 64 per
+    second of wall time. Sweep log and figures: docs/quickstart.md.
+    """
+    return dataclasses.replace(
+        gpt2_char(),
+        train=dataclasses.replace(gpt2_char().train, out_dir="runs/shakespeare_char_cpu"),
+    )
+
+
+def _gpt2(n_layer: int, n_head: int, n_embd: int, name: str) -> RunConfig:
+    """A GPT-2 shape (Radford et al. 2019): vocab 50257, context 1024, biases, tied head."""
+    model = ModelConfig(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, seq_len=1024, vocab_size=50257, bias=True
+    )
+    return RunConfig(
+        model=model,
+        optim=OptimConfig(lr=6e-4, min_lr=6e-5, weight_decay=0.1, beta2=0.95, warmup_steps=700),
+        train=TrainConfig(
+            max_steps=600_000, batch_size=12, grad_accum_steps=40, out_dir=f"runs/{name}"
+        ),
+    )
+
+
+def gpt2() -> RunConfig:
+    """GPT-2 small, 124M parameters: 12 layers, 12 heads, 768 wide."""
+    return _gpt2(12, 12, 768, "gpt2")
+
+
+def gpt2_medium() -> RunConfig:
+    """GPT-2 medium, 355M: 24 layers, 16 heads, 1024 wide."""
+    return _gpt2(24, 16, 1024, "gpt2-medium")
+
+
+def gpt2_large() -> RunConfig:
+    """GPT-2 large, 774M: 36 layers, 20 heads, 1280 wide."""
+    return _gpt2(36, 20, 1280, "gpt2-large")
+
+
+def gpt2_xl() -> RunConfig:
+    """GPT-2 XL, 1.5B: 48 layers, 25 heads, 1600 wide."""
+    return _gpt2(48, 25, 1600, "gpt2-xl")
+
+
+def _llama(n_layer: int, n_head: int, n_kv_head: int, n_embd: int, name: str) -> RunConfig:
+    """A small LLaMA-2-style model (the llama2.c "stories" shapes, with GQA): vocab 32000,
+    context 256, RoPE, RMSNorm, SwiGLU, no biases, tied embeddings as in llama2.c."""
+    model = ModelConfig(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_kv_head=n_kv_head,
+        n_embd=n_embd,
+        seq_len=256,
+        vocab_size=32000,
+        bias=False,
+        pos_emb="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+    )
+    return RunConfig(
+        model=model,
+        optim=OptimConfig(lr=5e-4, min_lr=5e-5, weight_decay=0.1, beta2=0.95, warmup_steps=1000),
+        train=TrainConfig(
+            max_steps=100_000, batch_size=32, grad_accum_steps=4, out_dir=f"runs/{name}"
+        ),
+    )
+
+
+def llama_15m() -> RunConfig:
+    """6 layers, 6 heads (2 kv heads), 288 wide."""
+    return _llama(6, 6, 2, 288, "llama-15m")
+
+
+def llama_40m() -> RunConfig:
+    """8 layers, 8 heads (4 kv heads), 512 wide."""
+    return _llama(8, 8, 4, 512, "llama-40m")
+
+
+def llama_100m() -> RunConfig:
+    """12 layers, 12 heads (4 kv heads), 768 wide."""
+    return _llama(12, 12, 4, 768, "llama-100m")
 
 
 def tiny() -> RunConfig:
@@ -75,6 +204,16 @@ def tiny() -> RunConfig:
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "shakespeare_char": shakespeare_char,
     "shakespeare_char_cpu": shakespeare_char_cpu,
+    "gpt2-char": gpt2_char,
+    "llama": llama,
+    "modern": modern,
+    "gpt2": gpt2,
+    "gpt2-medium": gpt2_medium,
+    "gpt2-large": gpt2_large,
+    "gpt2-xl": gpt2_xl,
+    "llama-15m": llama_15m,
+    "llama-40m": llama_40m,
+    "llama-100m": llama_100m,
     "tiny": tiny,
 }
 

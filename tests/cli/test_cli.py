@@ -69,6 +69,24 @@ def test_help_lists_every_field_with_type_and_default(cli_env, capsys):
         (["--model.n_layer", "x"], "--model.n_layer"),
         (["--train.dtype", "half"], "--train.dtype"),
         (["--config", "missing.yaml"], "missing.yaml does not exist"),
+        (["--model.n_kv_head", "3", "--model.n_head", "4"], "must be >= 1 and divide"),
+        (["--model.window", "0"], "model.window must be a positive"),
+        (["--model.moe.n_experts", "2", "--model.moe.top_k", "3"], "model.moe.top_k 3"),
+        (
+            [
+                "--preset",
+                "tiny",
+                "--model.pos_emb",
+                "rope",
+                "--model.n_embd",
+                "30",
+                "--model.n_head",
+                "2",
+            ],
+            "head dimension must be even",
+        ),  # fmt: skip
+        (["--model.attn_backend", "cudnn"], "--model.attn_backend"),
+        (["--model.window_pattern", "SXL", "--model.window", "8"], "may only hold S"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(cli_env, capsys, args, needle):
@@ -200,3 +218,29 @@ def test_console_script_end_to_end_on_shakespeare(tmp_path):
     p = run("sample", "run", "--prompt", "ROMEO:", "--max-new-tokens", "40")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("ROMEO:") and len(p.stdout) > 40
+
+
+def test_info_for_presets_and_runs(cli_env, capsys, text_file):
+    assert main(["info", "--preset", "gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert "124,475,904 (124.48M)" in out and "vocab 50257 padded to 50304" in out
+    assert main(["info", "--preset", "modern", "--model.moe.n_experts", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "active per token" in out and "qk-norm" in out and "relu2" in out
+    assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
+    capsys.readouterr()
+    assert main(["info", "r"]) == 0
+    assert "layers x 32 wide" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["does-not-exist"], "does not exist"),
+        (["--preset", "llama", "--model.n_kv_head", "3"], "divide model.n_head 4"),
+    ],
+)
+def test_info_bad_input(cli_env, capsys, args, needle):
+    assert main(["info", *args]) != 0
+    assert needle in _one_error_line(capsys)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from gptlab.errors import GptlabError
+from gptlab.model.config import MoEConfig
 from gptlab.runtime import make_runtime
 from gptlab.train.loop import train
 
@@ -141,3 +142,24 @@ def test_compiled_run_saves_uncompiled_weights(tiny_run, locations):
 
     loaded = load_model_from_checkpoint(result.run_dir / "latest").cfg
     assert loaded == dataclasses.replace(cfg.model, vocab_size=loaded.vocab_size)
+
+
+def test_moe_and_mtp_statistics_reach_the_metrics(tiny_run, locations):
+    model = dataclasses.replace(
+        tiny_run.model, moe=MoEConfig(n_experts=4, top_k=2, capacity_factor=1.0), mtp_heads=1
+    )
+    cfg = _with(dataclasses.replace(tiny_run, model=model), max_steps=10, eval_interval=10)
+    result = train(cfg, _runtime(), locations)
+    row = next(r for r in result.history if "train_loss" in r)
+    assert row["moe_aux_loss"] >= 1.0 - 1e-6  # E * sum f P is 1 when perfectly balanced
+    assert 0.0 <= row["moe_drop_frac"] < 1.0 and row["moe_z_loss"] > 0
+    assert len(row["moe_load"]) == 4 and abs(sum(row["moe_load"]) - 1) < 1e-3
+    assert row["mtp_ce_1"] > 0
+    evals = [r for r in result.history if "val_loss" in r]
+    assert evals[-1]["train_time_s"] <= evals[-1]["elapsed_s"]
+
+
+def test_flex_cannot_train_on_cpu(tiny_run, locations):
+    model = dataclasses.replace(tiny_run.model, attn_backend="flex")
+    with pytest.raises(ValueError, match="no backward pass on a CPU"):
+        train(dataclasses.replace(tiny_run, model=model), _runtime(), locations)

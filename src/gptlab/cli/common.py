@@ -62,7 +62,7 @@ def _condense(text: str) -> str:
     lines = []
     for raw in text.splitlines():
         line = re.sub(r"\x1b\[[0-9;]*m", "", raw).strip().strip(_BOX_CHARS).strip()
-        if not line or set(line) <= set(_BOX_CHARS + " "):
+        if not line or set(line) <= set(_BOX_CHARS + " -"):
             continue
         if line.startswith(("For full helptext", "Argument helptext")):
             break

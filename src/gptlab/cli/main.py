@@ -16,6 +16,7 @@ VERBS = {
     "prepare": ("gptlab.cli.prepare", "tokenize a dataset or text into train/val memmaps"),
     "train": ("gptlab.cli.train", "train a model (default: Shakespeare, char-level)"),
     "sample": ("gptlab.cli.sample", "generate text from a trained run"),
+    "info": ("gptlab.cli.info", "architecture, parameter count and FLOPs of a preset or run"),
 }
 
 

@@ -30,8 +30,8 @@ class TrainArgs:
     """Train a GPT. With no arguments: Shakespeare, char-level, sized for this machine."""
 
     preset: str = ""
-    """Preset to start from: shakespeare_char, shakespeare_char_cpu or tiny (default:
-    shakespeare_char on a GPU, shakespeare_char_cpu otherwise)."""
+    """Preset to start from (default: shakespeare_char on a GPU, shakespeare_char_cpu
+    otherwise). All presets: gptlab info --help."""
     config: str = ""
     """YAML or JSON file whose fields override the preset (same names as the flags)."""
     resume: bool = False

@@ -215,6 +215,7 @@ def train(
 
     last_val = math.nan
     t_log, step_log = time.perf_counter(), start_step
+    t_train, eval_s = t_log, 0.0  # time in the step loop, and the part spent evaluating
     model.train()
     try:
         for step in range(start_step, tc.max_steps):
@@ -284,6 +285,7 @@ def train(
                         "train_eval_loss": losses["train"],
                         "val_loss": last_val,
                         "elapsed_s": time.perf_counter() - t_start,
+                        "train_time_s": t_eval - t_train - eval_s,  # optimizer steps only
                     }
                 )
                 if tc.save_checkpoints:
@@ -297,7 +299,9 @@ def train(
                     last_val,
                     " (best)" if is_best else "",
                 )
-                t_log += time.perf_counter() - t_eval  # keep eval time out of ms/step
+                eval_time = time.perf_counter() - t_eval  # evaluation and checkpointing
+                t_log += eval_time  # kept out of ms/step and train_time_s
+                eval_s += eval_time
     finally:
         metrics_file.close()
     elapsed = time.perf_counter() - t_start
