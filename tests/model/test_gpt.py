@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from gptlab.model.config import ModelConfig
 from gptlab.model.accounting import count_params, flops_per_token
+from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 
 

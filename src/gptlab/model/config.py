@@ -232,7 +232,8 @@ class ModelConfig:
                 raise ValueError("model.window_pattern needs model.window (the window size)")
         if self.global_tokens < 0:
             raise ValueError(f"model.global_tokens must be >= 0, got {self.global_tokens}")
-        if self.attn_backend == "flex" and _torch_version() < (2, 5):
+        if self.attn_backend == "flex" and _torch_version() < (2, 5):  # a torch older than
+            # gptlab's requirement (installed with --no-deps, say): say so instead of crashing
             raise ValueError(
                 "model.attn_backend flex needs torch >= 2.5 (FlexAttention); upgrade torch or "
                 "use sdpa"

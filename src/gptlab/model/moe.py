@@ -83,7 +83,7 @@ class MoE(nn.Module):
         slot = torch.arange(expert.numel(), device=x.device) - first[expert]
         cf = self.cfg.moe.capacity_factor
         capacity = math.ceil(cf * N * k / E) if cf is not None else int(counts.max())
-        keep = slot <= capacity
+        keep = slot < capacity
         return Routing(expert, token, weight, slot, keep, counts, capacity, logits, probs)
 
     def experts(self, buf: torch.Tensor) -> torch.Tensor:
