@@ -132,6 +132,7 @@ class CausalSelfAttention(nn.Module):
         self.cfg = cfg
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.window = cfg.layer_window(layer)
+        self._block_masks: dict = {}  # flex BlockMasks without documents, by (T, device)
         self.qkv = nn.Linear(
             cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=cfg.bias
         )
@@ -228,9 +229,13 @@ class CausalSelfAttention(nn.Module):
                 "model.attn_backend flex has no backward pass on a CPU in this torch; train "
                 "with --model.attn_backend sdpa (or math) and use flex on a GPU"
             )
-        block_mask = create_block_mask(
-            mask_mod, B if doc_ids is not None else None, None, T, T, device=q.device
-        )
+        if doc_ids is None:  # the mask depends only on T: build it once per length
+            key = (T, q.device)
+            if key not in self._block_masks:
+                self._block_masks[key] = create_block_mask(mask_mod, None, None, T, T, q.device)
+            block_mask = self._block_masks[key]
+        else:  # documents differ per batch
+            block_mask = create_block_mask(mask_mod, B, None, T, T, device=q.device)
         mod = score_mod if (cap is not None or slopes is not None) else None
         gqa = self.n_kv_head != self.n_head
         if q.device.type == "cuda" and not torch.compiler.is_compiling():

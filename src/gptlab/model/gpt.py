@@ -90,11 +90,9 @@ class GPT(nn.Module):
         """GPT-2 init: N(0, 0.02); residual outputs N(0, 0.02 / sqrt(2 L)) or zero; norms 1."""
         resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
         norm_params = {
-            id(p)
+            id(m.weight)
             for m in self.modules()
-            if isinstance(m, (nn.LayerNorm, nn.RMSNorm))
-            for p in m.parameters()
-            if p.dim() == 1 and p is getattr(m, "weight", None)
+            if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None
         }
         for name, p in self.named_parameters():
             if name.endswith(".bias") or name.rsplit(".", 1)[-1] in ("b_in", "b_out"):
