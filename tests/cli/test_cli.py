@@ -195,7 +195,7 @@ def test_console_script_end_to_end_on_shakespeare(tmp_path):
 
     p = run("prepare", "shakespeare_char")
     assert p.returncode == 0, p.stderr
-    assert "1,003,854 train / 111,540 val tokens, vocab 65" in p.stdout
+    assert "1,003,854 train / 111,540 val tokens in 1 / 1 documents, vocab 65" in p.stdout
     p = run(
         "train",
         "--preset",

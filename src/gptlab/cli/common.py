@@ -40,17 +40,20 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def locations() -> Locations:
-    """Data folder (GPTLAB_DATA_DIR), cache (GPTLAB_CACHE_DIR, else the XDG cache) and whether
-    downloads are allowed (not when GPTLAB_OFFLINE=1), from the environment."""
+    """Data folder (GPTLAB_DATA_DIR), cache (GPTLAB_CACHE_DIR, else the XDG cache), whether
+    downloads are allowed (not when GPTLAB_OFFLINE=1) and tiktoken's cache
+    (TIKTOKEN_CACHE_DIR), from the environment."""
     data_dir = os.environ.get("GPTLAB_DATA_DIR")
     cache = os.environ.get("GPTLAB_CACHE_DIR")
     if not cache:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         cache = str(Path(xdg) / "gptlab")
+    tiktoken_cache = os.environ.get("TIKTOKEN_CACHE_DIR")
     return Locations(
         cache_dir=Path(cache).expanduser(),
         data_dir=Path(data_dir).expanduser() if data_dir else None,
         allow_download=os.environ.get("GPTLAB_OFFLINE", "") in ("", "0"),
+        tiktoken_cache_dir=Path(tiktoken_cache).expanduser() if tiktoken_cache else None,
     )
 
 

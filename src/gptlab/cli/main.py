@@ -16,6 +16,7 @@ VERBS = {
     "prepare": ("gptlab.cli.prepare", "tokenize a dataset or text into train/val memmaps"),
     "train": ("gptlab.cli.train", "train a model (default: Shakespeare, char-level)"),
     "sample": ("gptlab.cli.sample", "generate text from a trained run"),
+    "tokenizer": ("gptlab.cli.tokenizer", "train, inspect and use BPE tokenizers"),
     "info": ("gptlab.cli.info", "architecture, parameter count and FLOPs of a preset or run"),
 }
 
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stderr.close()  # nothing more can be reported; avoid a second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from gptlab.errors import GptlabError
 from gptlab.infer.config import SampleConfig
 from gptlab.infer.generate import generate
 from gptlab.runtime import pick_device
-from gptlab.tokenizer.char import CharTokenizer
+from gptlab.tokenizer.base import Tokenizer
+from gptlab.tokenizer.load import load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,8 +53,6 @@ def _read_prompt(prompt: str) -> str:
         if not path.is_file():
             raise GptlabError(f"prompt file {path} does not exist")
         prompt = path.read_text(encoding="utf-8")
-    if not prompt:
-        raise GptlabError("the prompt is empty; give at least one character with --prompt")
     return prompt
 
 
@@ -70,24 +69,47 @@ def run(argv: list[str]) -> int:
     device = pick_device(args.device)
     model = checkpoint.load_model_from_checkpoint(ckpt, device).eval()
     tok = _load_tokenizer(ckpt)
-    try:
-        prompt_ids = tok.encode(_read_prompt(sc.prompt))
-    except ValueError as e:
-        raise GptlabError(str(e)) from None
+    if tok.vocab_size != model.cfg.vocab_size:
+        raise GptlabError(
+            f"{ckpt}: the saved tokenizer has {tok.vocab_size} ids but the model "
+            f"{model.cfg.vocab_size}; the checkpoint is inconsistent, re-export it from its run"
+        )
+    prompt_ids = _prompt_ids(tok, _read_prompt(sc.prompt))
     generator = torch.Generator(device=device).manual_seed(sc.seed)
     idx = torch.tensor([prompt_ids] * sc.num_samples, dtype=torch.long, device=device)
     out = generate(
         model, idx, sc.max_new_tokens, model.cfg.seq_len, sc.temperature, sc.top_k, generator
     )  # (num_samples, T0 + max_new_tokens)
+    skip = 1 if tok.bos_id is not None else 0  # the BOS we put in front is not text
     for i, row in enumerate(out.tolist()):
         if i:
             print("-" * 40)
-        print(tok.decode(row))
+        print(tok.decode(row[skip:]))
     return 0
 
 
-def _load_tokenizer(ckpt: Path) -> CharTokenizer:
+def _prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
+    """Ids of the prompt, after the tokenizer's BOS when it has one (as documents begin in the
+    training data); an empty prompt needs a BOS to start from."""
+    try:
+        ids = tok.encode_ordinary(prompt)
+    except ValueError as e:
+        raise GptlabError(str(e)) from None
+    if tok.bos_id is not None:
+        ids = [tok.bos_id, *ids]
+    if not ids:
+        raise GptlabError(
+            "the prompt is empty and this tokenizer has no BOS token to start from; give at "
+            "least one character with --prompt"
+        )
+    return ids
+
+
+def _load_tokenizer(ckpt: Path) -> Tokenizer:
     """The tokenizer that training saved next to the weights."""
-    if (ckpt / "tokenizer.json").is_file():
-        return CharTokenizer.load(ckpt)
-    raise GptlabError(f"{ckpt} has no tokenizer.json; it was not written by gptlab train")
+    if not (ckpt / "tokenizer.json").is_file():
+        raise GptlabError(f"{ckpt} has no tokenizer.json; it was not written by gptlab train")
+    try:
+        return load_tokenizer(ckpt)
+    except ValueError as e:
+        raise GptlabError(f"{ckpt}: {e}") from None

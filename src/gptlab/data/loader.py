@@ -1,38 +1,100 @@
-"""Random-window batches from a token memmap: (x, y) of shape (B, T), y = x shifted by one.
+"""Training batches from prepared shards: random windows, document packing, sequential streaming.
 
-Each batch picks B random start offsets with a seeded torch.Generator, so the stream of batches
-is fixed by the seed and resumable from the generator state. Only the B windows are read from
-the memmap; the file is never loaded into RAM.
+Every loader yields `(x, y, doc_starts)`: x and y are (B, T) int64 with y = x shifted by one, and
+doc_starts is a (B, T) bool mask of where a document begins in x (or None when not asked for),
+which the model's document masking uses. All three are
+- distributed-aware: rank r of W reads a disjoint part of the data (a slice of every shard for
+  windows and streaming, every W-th document for packing);
+- deterministic for a seed, and resumable: `state_dict()` is a few integers, and a loader that
+  loads it yields exactly the batches the original would have yielded next.
+
+Packing is BOS-aligned best fit (as in nanochat): each row of T+1 tokens is filled with whole
+documents, each starting with its BOS, choosing the largest buffered document that still fits.
+When none fits, the shortest is cropped to fill the row and its remainder dropped, so there is
+no padding at all. A document longer than a row first gives up full rows of its own.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from gptlab.data.shards import TokenShards
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+LoaderKind = Literal["random", "packed", "sequential"]
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    return seed + 1_000_003 * rank  # rank 0 keeps the plain seed (single-process runs)
+
+
+def _starts_mask(data: TokenShards, shard: np.ndarray, begin: np.ndarray, T: int) -> torch.Tensor:
+    """(B, T) bool: True where a document starts inside each window [begin, begin + T)."""
+    mask = np.zeros((len(begin), T), dtype=bool)
+    for row, (s, b) in enumerate(zip(shard, begin, strict=True)):
+        docs = data.docs[data.docs[:, 0] == s, 1]  # starts of shard s, sorted
+        lo, hi = np.searchsorted(docs, [b, b + T])
+        mask[row, docs[lo:hi] - b] = True
+    return torch.from_numpy(mask)
+
+
+def _to_batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.from_numpy(rows.astype(np.int64))  # (B, T+1)
+    return w[:, :-1], w[:, 1:]  # (B, T), (B, T)
+
 
 class RandomWindowLoader:
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int) -> None:
-        if len(tokens) < seq_len + 1:
+    """B windows of T+1 tokens at uniformly random offsets (nanoGPT's get_batch)."""
+
+    def __init__(
+        self,
+        data: TokenShards,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        with_doc_starts: bool = False,
+    ) -> None:
+        self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
+        self.with_doc_starts = with_doc_starts
+        sizes = np.array([len(s) for s in data.shards], dtype=np.int64)  # (S,)
+        self._lo = sizes * rank // world_size  # this rank's slice of each shard
+        hi = sizes * (rank + 1) // world_size
+        self._valid = np.maximum(hi - self._lo - seq_len, 0)  # window starts per shard
+        self._cum = np.cumsum(self._valid)
+        if self._cum[-1] <= 0:
             raise ValueError(
-                f"only {len(tokens)} tokens, fewer than one training window of seq_len + 1 = "
-                f"{seq_len + 1}; use more text or a smaller --model.seq_len"
+                f"only {int((hi - self._lo).max())} tokens per rank, fewer than one training "
+                f"window of seq_len + 1 = {seq_len + 1}; use more text or a smaller "
+                "--model.seq_len"
             )
-        self.tokens = tokens
-        self.batch_size = batch_size
-        self.seq_len = seq_len
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(_rank_seed(seed, rank))
         self._offsets = np.arange(seq_len + 1)  # (T+1,)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (x, y) pair, int64 on CPU: x (B, T), y (B, T)."""
-        n_starts = len(self.tokens) - self.seq_len
-        starts = torch.randint(n_starts, (self.batch_size,), generator=self.generator).numpy()
-        windows = self.tokens[starts[:, None] + self._offsets].astype(np.int64)  # (B, T+1)
-        w = torch.from_numpy(windows)
-        return w[:, :-1], w[:, 1:]  # (B, T), (B, T)
+    def next_batch(self) -> Batch:
+        idx = torch.randint(int(self._cum[-1]), (self.batch_size,), generator=self.generator)
+        idx = idx.numpy()  # (B,) index over all valid starts of this rank
+        shard = np.searchsorted(self._cum, idx, side="right")  # (B,)
+        start = self._lo[shard] + idx - (self._cum[shard] - self._valid[shard])  # (B,)
+        if len(self.data.shards) == 1:
+            rows = self.data.shards[0][start[:, None] + self._offsets]  # (B, T+1)
+        else:
+            rows = np.stack(
+                [
+                    self.data.shards[s][b : b + self.seq_len + 1]
+                    for s, b in zip(shard, start, strict=True)
+                ]
+            )
+        x, y = _to_batch(rows)
+        starts = (
+            _starts_mask(self.data, shard, start, self.seq_len) if self.with_doc_starts else None
+        )
+        return x, y, starts
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -41,9 +103,197 @@ class RandomWindowLoader:
         self.generator.set_state(state["generator"])
 
 
+class SequentialLoader:
+    """Consecutive windows, shard after shard: every token once per epoch, in corpus order.
+
+    Each step covers W·B·T consecutive tokens and rank r takes the r-th B·T of them, so ranks
+    read disjoint data. A shard's tail shorter than a whole step is skipped.
+    """
+
+    def __init__(
+        self,
+        data: TokenShards,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        with_doc_starts: bool = False,
+    ) -> None:
+        self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
+        self.rank, self.world_size = rank, world_size
+        self.with_doc_starts = with_doc_starts
+        self.step_tokens = world_size * batch_size * seq_len
+        if max(len(s) for s in data.shards) < self.step_tokens + 1:
+            raise ValueError(
+                f"no shard holds one step of {self.step_tokens + 1} tokens (world size x batch "
+                "x seq_len + 1); use more text or a smaller batch or --model.seq_len"
+            )
+        self.epoch, self.shard, self.pos = 0, 0, 0
+
+    def next_batch(self) -> Batch:
+        while self.pos + self.step_tokens + 1 > len(self.data.shards[self.shard]):
+            self.shard, self.pos = self.shard + 1, 0
+            if self.shard == len(self.data.shards):
+                self.shard, self.epoch = 0, self.epoch + 1
+        B, T = self.batch_size, self.seq_len
+        begin = self.pos + self.rank * B * T
+        block = np.asarray(self.data.shards[self.shard][begin : begin + B * T + 1])
+        self.pos += self.step_tokens
+        rows = np.lib.stride_tricks.sliding_window_view(block, T + 1)[::T]  # (B, T+1)
+        x, y = _to_batch(rows)
+        starts = None
+        if self.with_doc_starts:
+            first = begin + np.arange(B) * T
+            starts = _starts_mask(self.data, np.full(B, self.shard), first, T)
+        return x, y, starts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "shard": self.shard, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.shard, self.pos = state["epoch"], state["shard"], state["pos"]
+
+
+class PackedLoader:
+    """BOS-aligned best-fit packing of whole documents into rows of T+1 tokens (module doc)."""
+
+    def __init__(
+        self,
+        data: TokenShards,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        with_doc_starts: bool = True,
+        buffer_docs: int = 256,
+    ) -> None:
+        self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
+        self.seed, self.rank = seed, rank
+        self.with_doc_starts = with_doc_starts
+        self.buffer_docs = buffer_docs
+        self.my_docs = np.arange(rank, data.n_docs, world_size)  # this rank's documents
+        if len(self.my_docs) == 0:
+            raise ValueError(
+                f"{data.n_docs} documents cannot be shared by {world_size} ranks; use the "
+                "random or sequential loader, or more documents"
+            )
+        self.epoch, self.cursor, self.seq = 0, 0, 0
+        self.dropped_tokens = 0
+        self.buffer: list[tuple[int, int, int, int, int]] = []  # (length, seq, shard, a, b)
+        self.ready: list[tuple[int, int, int]] = []  # whole rows cut from long documents
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.rank, epoch])
+        return self.my_docs[rng.permutation(len(self.my_docs))]
+
+    def _pull_document(self) -> None:
+        if self.cursor == len(self._order):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        shard, a, b = (int(v) for v in self.data.docs[self._order[self.cursor]])
+        self.cursor += 1
+        R = self.seq_len + 1
+        while b - a > R:  # a long document gives whole rows first
+            self.ready.append((shard, a, a + R))
+            a += R
+        if b - a >= 2:  # a 1-token remainder is no training example
+            bisect.insort(self.buffer, (b - a, self.seq, shard, a, b))
+            self.seq += 1
+
+    def _row(self) -> list[tuple[int, int, int]]:
+        """Pieces (shard, a, b) filling one row of exactly T+1 tokens."""
+        pieces, room = [], self.seq_len + 1
+        while room > 0:
+            while len(self.buffer) < self.buffer_docs and not self.ready:
+                self._pull_document()
+            if self.ready and not pieces:  # a whole row cut from a long document
+                return [self.ready.pop(0)]
+            if not self.buffer:  # only long documents so far: pull until a short piece comes
+                self._pull_document()
+                continue
+            i = bisect.bisect_right(self.buffer, (room, float("inf"))) - 1
+            if i >= 0:  # best fit: the largest document that fits the room left
+                length, _, shard, a, b = self.buffer.pop(i)
+                pieces.append((shard, a, b))
+                room -= length
+            else:  # nothing fits: crop the shortest to fill the row, drop its rest
+                length, _, shard, a, b = self.buffer.pop(0)
+                pieces.append((shard, a, a + room))
+                self.dropped_tokens += length - room
+                room = 0
+        return pieces
+
+    def next_batch(self) -> Batch:
+        B, R = self.batch_size, self.seq_len + 1
+        rows = np.empty((B, R), dtype=np.int64)  # (B, T+1)
+        starts = np.zeros((B, R), dtype=bool)
+        for r in range(B):
+            col = 0
+            for shard, a, b in self._row():
+                rows[r, col : col + b - a] = self.data.shards[shard][a:b]
+                starts[r, col] = True
+                col += b - a
+        x, y = _to_batch(rows)
+        mask = torch.from_numpy(starts[:, :-1]) if self.with_doc_starts else None
+        return x, y, mask
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "seq": self.seq,
+            "dropped_tokens": self.dropped_tokens,
+            "buffer": [list(p) for p in self.buffer],
+            "ready": [list(p) for p in self.ready],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.epoch = state["seed"], state["epoch"]
+        self.cursor, self.seq = state["cursor"], state["seq"]
+        self.dropped_tokens = state["dropped_tokens"]
+        self.buffer = [tuple(p) for p in state["buffer"]]
+        self.ready = [tuple(p) for p in state["ready"]]
+        self._order = self._permutation(self.epoch)
+
+
+LOADERS = {"random": RandomWindowLoader, "packed": PackedLoader, "sequential": SequentialLoader}
+
+
+def build_loader(
+    kind: LoaderKind,
+    data: TokenShards,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    with_doc_starts: bool = False,
+) -> RandomWindowLoader | PackedLoader | SequentialLoader:
+    """The training loader named by `data.loader`."""
+    return LOADERS[kind](
+        data,
+        batch_size,
+        seq_len,
+        seed,
+        rank=rank,
+        world_size=world_size,
+        with_doc_starts=with_doc_starts,
+    )
+
+
 def fixed_batches(
-    tokens: np.ndarray, n_batches: int, batch_size: int, seq_len: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed list of batches (same every call for a seed): evaluation sees the same data."""
-    loader = RandomWindowLoader(tokens, batch_size, seq_len, seed)
+    data: TokenShards,
+    n_batches: int,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    with_doc_starts: bool = False,
+) -> list[Batch]:
+    """A fixed list of random-window batches (same every call for a seed): evaluation sees the
+    same data at every eval and in every run with that seed."""
+    loader = RandomWindowLoader(data, batch_size, seq_len, seed, with_doc_starts=with_doc_starts)
     return [loader.next_batch() for _ in range(n_batches)]

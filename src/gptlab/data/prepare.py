@@ -1,11 +1,21 @@
-"""Text -> token memmaps: `train.bin`, `val.bin` and `meta.json` in one prepared directory.
+"""Documents -> token shards: `{split}_NNNNN.bin` + a document index + `meta.json`, once.
 
-Tokenizing once up front (nanoGPT's approach) means training reads uint16 ids straight from a
-memory map: no tokenizer on the hot path and no corpus held in RAM. The split is by position:
-the first (1 - val_fraction) of the tokens train, the tail validates, as in nanoGPT.
-`meta.json` records a fingerprint of the sources and settings; a stale directory is rebuilt and a
-fresh one reused. Directories are written to a temporary name and renamed into place, so an
-interrupted prepare never looks complete.
+Tokenizing once up front (nanoGPT's approach) means training reads ids straight from memory
+maps: no tokenizer on the hot path and no corpus held in RAM. Preparation streams documents
+from the sources, tokenizes them in worker processes (ordered, so the output is deterministic),
+puts the tokenizer's BOS in front of every document, and appends them to shards of about
+`shard_tokens` tokens (uint16 when the vocabulary fits, else uint32). A shard only ends at a
+document end, so every document lies inside one shard; `{split}_NNNNN.docs.npy` holds where each
+starts.
+
+The train/val split is by document and deterministic: document i goes to val when
+floor((i+1)·f) > floor(i·f), i.e. every 1/f-th document. A corpus with too few documents for
+that (one book, TinyShakespeare) instead gives the tail f of its last document to val, which
+for a single document is exactly nanoGPT's split.
+
+`meta.json` records a fingerprint of sources, tokenizer and settings: a stale directory is
+rebuilt, a fresh one reused. Everything is written under a temporary name and renamed into
+place, so an interrupted prepare never looks complete.
 """
 
 from __future__ import annotations
@@ -13,135 +23,315 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import multiprocessing
 import os
+import re
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gptlab.data.config import DataConfig
 from gptlab.data.registry import REGISTRY, Locations, find_raw
+from gptlab.data.shards import META, load_meta
+from gptlab.data.sources import ReadOptions, Source, iter_documents, resolve_sources
 from gptlab.errors import GptlabError
+from gptlab.tokenizer.base import SpecialTokenError, Tokenizer
 from gptlab.tokenizer.char import CharTokenizer
+from gptlab.tokenizer.load import load_tokenizer, resolve_tokenizer
 
 log = logging.getLogger(__name__)
 
-META = "meta.json"
-FORMAT_VERSION = 1
-
-
-def _source_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        if not files:
-            raise GptlabError(f"folder {path} holds no files; put UTF-8 .txt files in it")
-        return files
-    raise GptlabError(f"dataset {str(path)!r} is neither a registered name nor an existing path")
-
-
-def read_text(files: list[Path]) -> str:
-    """Concatenate UTF-8 files (blank line between files); non-UTF-8 bytes are an error."""
-    parts = []
-    for f in files:
-        data = f.read_bytes()
-        try:
-            parts.append(data.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise GptlabError(
-                f"{f} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                f"convert it, e.g. iconv -f latin1 -t utf-8 {f.name} > fixed.txt"
-            ) from None
-    text = "\n\n".join(parts)
-    if not text.strip():
-        raise GptlabError(
-            f"no text to train on: {', '.join(map(str, files))} is empty; give a non-empty file"
-        )
-    return text
-
-
-def _fingerprint(files: list[Path], tokenizer: str, val_fraction: float) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([FORMAT_VERSION, tokenizer, val_fraction]).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+FORMAT_VERSION = 2
+PIECE_CHARS = 1 << 20  # documents longer than this are cut into pieces for the workers
+TASK_CHARS = 1 << 20  # text per worker task (many short documents, or one piece)
+POOL_MIN_BYTES = 4 << 20  # smaller corpora tokenize faster than worker processes start
+_SAFE_CUT = re.compile(r"(?<=\S) ")  # between a non-space and a space: no pre-token spans it
 
 
 def default_out_dir(dataset: str, loc: Locations) -> Path:
     if dataset in REGISTRY:
         return loc.cache_dir / "prepared" / dataset
-    src = Path(dataset).expanduser().resolve()
-    tag = hashlib.sha1(str(src).encode()).hexdigest()[:8]
-    return loc.cache_dir / "prepared" / f"{src.stem or 'data'}-{tag}"
+    src = str(Path(dataset).expanduser().resolve()) if not dataset.startswith("hf:") else dataset
+    tag = hashlib.sha1(src.encode()).hexdigest()[:8]
+    stem = Path(dataset.removeprefix("hf:")).stem or "data"
+    return loc.cache_dir / "prepared" / f"{stem}-{tag}"
 
 
 def is_prepared_dir(path: Path) -> bool:
-    return (path / META).is_file() and (path / "train.bin").is_file()
+    return (path / META).is_file()
 
 
-def load_meta(directory: Path) -> dict[str, Any]:
+def cut_points(text: str, piece_chars: int) -> list[int]:
+    """Offsets that cut a long document into ~piece_chars pieces without changing its tokens.
+
+    A cut falls between a non-space character and a space. No pre-token of the GPT-2 or GPT-4
+    split patterns spans such a boundary (a space only ever starts a pre-token or extends a
+    whitespace run), so encoding the pieces separately gives the same ids as the whole.
+    """
+    cuts, pos = [], piece_chars
+    while pos < len(text):
+        m = _SAFE_CUT.search(text, pos)
+        if m is None:
+            break
+        cuts.append(m.start())
+        pos = m.start() + piece_chars
+    return cuts
+
+
+# -- the worker side: each process loads the tokenizer once ------------------------------------
+
+_worker: dict[str, Any] = {}  # per worker process: the tokenizer and the special-text policy
+
+
+def _init_worker(tokenizer_dir: str, allow_special_text: bool) -> None:
+    _worker["tok"] = load_tokenizer(Path(tokenizer_dir))
+    _worker["ordinary"] = allow_special_text
+
+
+def _encode_texts(idx: list[int], texts: list[str]) -> list[np.ndarray]:
+    return _encode_with(_worker["tok"], _worker["ordinary"], idx, texts)
+
+
+def _encode_with(
+    tok: Tokenizer, ordinary: bool, idx: list[int], texts: list[str]
+) -> list[np.ndarray]:
+    """Ids of each text (uint32); special-token spellings are an error unless `ordinary`."""
+    out = []
+    for i, text in zip(idx, texts, strict=True):
+        if not ordinary:
+            found = tok.find_special(text)
+            if found is not None:
+                raise SpecialTokenError(f"document {i + 1} contains the special token {found!r}")
+        out.append(np.asarray(tok.encode_ordinary(text), dtype=np.uint32))
+    return out
+
+
+# -- the writer side ------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Appends documents of one split to numbered shards, closing a shard at a document end."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.directory, self.split, self.dtype = directory, split, dtype
+        self.shard_tokens = shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self._file = None
+        self._starts: list[int] = []
+        self._n = 0  # tokens in the open shard
+
+    def _open(self) -> None:
+        name = f"{self.split}_{len(self.shards):05d}.bin"
+        self._file = open(self.directory / name, "wb")  # noqa: SIM115
+        self.shards.append({"file": name})
+        self._starts, self._n = [], 0
+
+    def _close(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        entry = self.shards[-1]
+        docs_name = entry["file"].removesuffix(".bin") + ".docs.npy"
+        np.save(self.directory / docs_name, np.asarray(self._starts, dtype=np.int64))
+        entry |= {
+            "tokens": self._n,
+            "docs": len(self._starts),
+            "doc_index": docs_name,
+            "sha256": _sha256(self.directory / entry["file"]),
+        }
+        self._file = None
+
+    def write(self, ids: np.ndarray, new_doc: bool) -> None:
+        """Append ids; `new_doc` marks the start of a document (where a shard may end)."""
+        if new_doc and (self._file is None or self._n >= self.shard_tokens):
+            self._close()
+            self._open()
+        if new_doc:
+            self._starts.append(self._n)
+        assert self._file is not None
+        self._file.write(ids.astype(self.dtype, copy=False).tobytes())
+        self._n += len(ids)
+
+    def last_doc_length(self) -> int:
+        return self._n - self._starts[-1] if self._starts else 0
+
+    def pop_tail(self, n: int) -> np.ndarray:
+        """Remove and return the last n tokens (all inside the last document)."""
+        assert self._file is not None and 0 < n < self.last_doc_length()
+        self._file.flush()
+        path = self.directory / self.shards[-1]["file"]
+        keep = self._n - n
+        tail = np.fromfile(path, dtype=self.dtype, offset=keep * self.dtype.itemsize)
+        self._file.truncate(keep * self.dtype.itemsize)
+        self._file.seek(keep * self.dtype.itemsize)
+        self._n = keep
+        return tail
+
+    def finish(self) -> dict[str, Any]:
+        self._close()
+        return {
+            "tokens": sum(s["tokens"] for s in self.shards),
+            "docs": sum(s["docs"] for s in self.shards),
+            "shards": self.shards,
+        }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_val_doc(i: int, val_fraction: float) -> bool:
+    """Document i is held out when it crosses a multiple of 1/val_fraction (every k-th doc)."""
+    return math.floor((i + 1) * val_fraction + 1e-9) > math.floor(i * val_fraction + 1e-9)
+
+
+# -- preparation -----------------------------------------------------------------------------
+
+
+def _sources(cfg: DataConfig, loc: Locations) -> tuple[list[Source], ReadOptions]:
+    separator = cfg.doc_separator
+    if cfg.dataset in REGISTRY:
+        spec = REGISTRY[cfg.dataset]
+        sources = [Source(str(find_raw(spec, loc)), "text")]
+        separator = separator or spec.doc_separator
+    else:
+        sources = resolve_sources(cfg.dataset)
+    opts = ReadOptions(
+        text_field=cfg.text_field,
+        doc_separator=separator,
+        hf_split=cfg.hf_split,
+        hf_config=cfg.hf_config,
+    )
+    return sources, opts
+
+
+def _fingerprint(sources: list[Source], tokenizer_id: str, cfg: DataConfig, opts: ReadOptions):
+    settings = [
+        FORMAT_VERSION,
+        tokenizer_id,
+        cfg.val_fraction,
+        cfg.allow_special_text,
+        cfg.shard_tokens,
+        opts.text_field,
+        opts.doc_separator,
+        opts.hf_split,
+        opts.hf_config,
+    ]
+    h = hashlib.sha256(json.dumps(settings).encode())
+    for src in sources:
+        h.update(f"{src.kind}|{src.location}|{src.fingerprint()}".encode())
+    return h.hexdigest()[:16]
+
+
+def _build_tokenizer(cfg: DataConfig, loc: Locations, docs: Iterator[str]) -> Tokenizer:
+    if cfg.tokenizer == "char":
+        chars: set[str] = set()
+        for doc in docs:
+            chars.update(doc)
+        if not "".join(chars).strip():
+            raise GptlabError(f"no text to train on: {cfg.dataset} is empty; give non-empty text")
+        return CharTokenizer(sorted(chars))
     try:
-        meta = json.loads((directory / META).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise GptlabError(
-            f"prepared data {directory} has no readable {META} ({e}); re-run gptlab prepare"
-        ) from None
-    return meta
+        return resolve_tokenizer(
+            cfg.tokenizer,
+            data_dir=loc.data_dir,
+            tiktoken_cache_dir=loc.tiktoken_cache_dir,
+            allow_download=loc.allow_download,
+        )
+    except ValueError as e:
+        raise GptlabError(str(e)) from None
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (half the disk and memory bandwidth), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def _tasks(docs: Iterator[str]) -> Iterator[tuple[list[int], list[bool], list[str]]]:
+    """Batches of (doc index, is first piece, text) of about TASK_CHARS characters."""
+    idx: list[int] = []
+    first: list[bool] = []
+    texts: list[str] = []
+    size = 0
+    real_docs = (doc for doc in docs if doc.strip())  # whitespace alone is no document
+    for i, doc in enumerate(real_docs):
+        bounds = [0, *cut_points(doc, PIECE_CHARS), len(doc)]
+        for k in range(len(bounds) - 1):
+            piece = doc[bounds[k] : bounds[k + 1]]
+            idx.append(i)
+            first.append(k == 0)
+            texts.append(piece)
+            size += len(piece)
+            if size >= TASK_CHARS:
+                yield idx, first, texts
+                idx, first, texts, size = [], [], [], 0
+    if texts:
+        yield idx, first, texts
 
 
 def prepare(
-    dataset: str,
-    tokenizer: str,
-    val_fraction: float,
+    cfg: DataConfig,
     loc: Locations,
     out_dir: Path | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Prepare `dataset` (registered name, text file or folder) unless a fresh copy exists."""
-    as_path = Path(dataset).expanduser()
-    if dataset not in REGISTRY and is_prepared_dir(as_path):
+    """Prepare `cfg.dataset` with `cfg.tokenizer` unless a fresh copy exists; returns its dir."""
+    as_path = Path(cfg.dataset).expanduser()
+    if cfg.dataset not in REGISTRY and is_prepared_dir(as_path):
         return as_path  # already a prepared directory: use as is
-    registered = dataset in REGISTRY
-    files = [find_raw(REGISTRY[dataset], loc)] if registered else _source_files(as_path)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(dataset, loc)
-    fp = _fingerprint(files, tokenizer, val_fraction)
+    sources, opts = _sources(cfg, loc)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(cfg.dataset, loc)
+
+    tok: Tokenizer | None = None
+    if cfg.tokenizer == "char":
+        tokenizer_id = "char"  # built from the corpus, so the sources fingerprint covers it
+    else:
+        tok = _build_tokenizer(cfg, loc, iter(()))
+        tokenizer_id = tok.fingerprint()
+    fp = _fingerprint(sources, tokenizer_id, cfg, opts)
     if is_prepared_dir(out) and load_meta(out).get("fingerprint") == fp:
         log.info("using prepared data in %s", out)
         return out
-    if out.exists() and not (out / META).is_file() and any(out.iterdir()):
+    if out.exists() and not is_prepared_dir(out) and any(out.iterdir()):
         raise GptlabError(f"{out} exists and is not a prepared-data folder; choose another --out")
-
-    text = read_text(files)
-    tok = CharTokenizer.train(text)
-    ids = np.array(tok.encode(text), dtype=np.uint16)  # (N,)
-    n_val = len(ids) - int(len(ids) * (1 - val_fraction))  # nanoGPT: first 90% train
-    if len(ids) - n_val < 1:
-        raise GptlabError(f"text of {len(ids)} tokens is too short to split into train and val")
-    splits = {"train": ids[: len(ids) - n_val], "val": ids[len(ids) - n_val :]}
+    if tok is None:
+        tok = _build_tokenizer(cfg, loc, iter_documents(sources, opts))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-tmp-"))
     try:
-        for split, arr in splits.items():
-            arr.tofile(tmp / f"{split}.bin")
-        tok.save(tmp)
+        t0 = time.perf_counter()
+        tok_files = [p.name for p in tok.save(tmp)]
+        splits = _write_splits(tmp, tok, cfg, sources, opts, progress)
+        seconds = time.perf_counter() - t0
+        total = splits["train"]["tokens"] + splits["val"]["tokens"]
         meta = {
             "format_version": FORMAT_VERSION,
             "fingerprint": fp,
-            "dataset": dataset,
-            "sources": [str(f.resolve()) for f in files],
+            "dataset": cfg.dataset,
+            "sources": [f"{s.kind}:{s.location}" for s in sources],
             "tokenizer": tok.kind,
+            "tokenizer_fingerprint": tok.fingerprint(),
+            "tokenizer_files": tok_files,
             "vocab_size": tok.vocab_size,
-            "dtype": "uint16",
-            "tokens": {k: int(len(v)) for k, v in splits.items()},
-            "val_fraction": val_fraction,
+            "bos_id": tok.bos_id,
+            "dtype": token_dtype(tok.vocab_size).name,
+            "tokens": {k: v["tokens"] for k, v in splits.items()},
+            "docs": {k: v["docs"] for k, v in splits.items()},
+            "splits": splits,
+            "val_fraction": cfg.val_fraction,
+            "prepare_seconds": round(seconds, 3),
+            "tokens_per_s": round(total / max(seconds, 1e-9)),
         }
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out.exists():
@@ -154,24 +344,98 @@ def prepare(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("prepared %s: %s tokens, vocab %d -> %s", dataset, meta["tokens"], tok.vocab_size, out)
+    log.info(
+        "tokenized %s in %.1fs: %s tokens/s -> %s",
+        cfg.dataset,
+        meta["prepare_seconds"],
+        f"{meta['tokens_per_s']:,}",
+        out,
+    )
     return out
 
 
-def open_split(directory: Path, split: str) -> np.ndarray:
-    """Memory-map one split, checking its size against meta.json (catches truncated files)."""
-    meta = load_meta(directory)
-    path = directory / f"{split}.bin"
-    expected = meta["tokens"][split]
-    dtype = np.dtype(meta["dtype"])
-    size = path.stat().st_size if path.is_file() else -1
-    if size != expected * dtype.itemsize:
+def _source_bytes(sources: list[Source]) -> int | None:
+    if any(s.kind == "hf" for s in sources):
+        return None
+    return sum(Path(s.location).stat().st_size for s in sources)
+
+
+def _write_splits(
+    tmp: Path,
+    tok: Tokenizer,
+    cfg: DataConfig,
+    sources: list[Source],
+    opts: ReadOptions,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    from tqdm import tqdm
+
+    dtype = token_dtype(tok.vocab_size)
+    writers = {s: ShardWriter(tmp, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
+    bos = np.asarray([tok.bos_id] if tok.bos_id is not None else [], dtype=np.uint32)
+    pool = None
+    size = _source_bytes(sources)
+    workers = cfg.num_workers if size is None or size >= POOL_MIN_BYTES else 1
+    if workers > 1:
+        ctx = multiprocessing.get_context("spawn")  # safe with threads and torch loaded
+        pool = ctx.Pool(workers, _init_worker, (str(tmp), cfg.allow_special_text))
+    bar = tqdm(
+        total=size,
+        unit="B",
+        unit_scale=True,
+        desc=f"tokenize ({workers} worker{'s' * (workers > 1)})",
+        disable=None if progress else True,  # None: only on a terminal
+    )
+    n_docs = 0
+    try:
+        tasks = _tasks(iter_documents(sources, opts))
+        if pool is not None:
+            encoded = pool.imap(_encode_batch_task, tasks, chunksize=1)
+        else:
+            encoded = (_encode_task_local(tok, cfg.allow_special_text, t) for t in tasks)
+        for doc_idx, first, ids_list, n_bytes in encoded:
+            for i, is_first, ids in zip(doc_idx, first, ids_list, strict=True):
+                writer = writers["val" if is_val_doc(i, cfg.val_fraction) else "train"]
+                if is_first:
+                    n_docs += 1
+                    if len(bos):
+                        ids = np.concatenate([bos, ids])
+                writer.write(ids, new_doc=is_first)
+            bar.update(n_bytes)
+    except SpecialTokenError as e:
         raise GptlabError(
-            f"{path} has {size} bytes but meta.json expects {expected} tokens "
-            f"({expected * dtype.itemsize} bytes); delete {directory} and re-run gptlab prepare"
-        )
-    return np.memmap(path, dtype=dtype, mode="r")
+            f"{e} of {cfg.dataset}; clean the data, or pass --data.allow_special_text to "
+            "encode such text as ordinary characters"
+        ) from None
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    if n_docs == 0:
+        raise GptlabError(f"no text to train on: {cfg.dataset} has no non-empty documents")
+    if not writers["val"].shards:  # too few documents: the tail of the last one validates
+        train = writers["train"]
+        n = train.last_doc_length()
+        keep = int(n * (1 - cfg.val_fraction))
+        if keep < 1 or keep >= n:
+            raise GptlabError(
+                f"the last document has {n} tokens, too few to split into train and val; "
+                "give more text"
+            )
+        tail = train.pop_tail(n - keep).astype(np.uint32)
+        writers["val"].write(np.concatenate([bos, tail]) if len(bos) else tail, new_doc=True)
+    return {split: w.finish() for split, w in writers.items()}
 
 
-def load_tokenizer(directory: Path) -> CharTokenizer:
-    return CharTokenizer.load(directory)
+Task = tuple[list[int], list[bool], list[str]]
+
+
+def _encode_batch_task(task: Task):
+    idx, first, texts = task
+    return idx, first, _encode_texts(idx, texts), sum(len(t.encode("utf-8")) for t in texts)
+
+
+def _encode_task_local(tok: Tokenizer, ordinary: bool, task: Task):
+    idx, first, texts = task
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    return idx, first, _encode_with(tok, ordinary, idx, texts), n_bytes

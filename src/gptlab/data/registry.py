@@ -22,8 +22,10 @@ from gptlab.errors import GptlabError
 class DatasetSpec:
     name: str
     relpath: str  # path of the raw text under a data folder or the cache
-    url: str
+    url: str | None  # None: not downloadable as one file; the user provides a local copy
     sha256: str
+    doc_separator: str = ""  # regex between documents inside the file ("" = one document)
+    how_to_get: str = ""  # for url None: where the file comes from
 
 
 REGISTRY = {
@@ -32,6 +34,19 @@ REGISTRY = {
         relpath="tinyshakespeare/input.txt",
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
+    # 14 public-domain books (NLTK's Gutenberg selection) joined into one clean UTF-8 file;
+    # each book begins with a "[Title by Author Year]" line, which splits the documents.
+    "gutenberg": DatasetSpec(
+        name="gutenberg",
+        relpath="gutenberg_nltk/corpus.txt",
+        url=None,
+        sha256="8e86f95e56c5504fa71c996aa450787f4f10accf164c05e38e75704427d8322d",
+        doc_separator=r"\n\n(?=\[[^\]\n]+(?: \d{4}|Bible)\] ?\n)",
+        how_to_get=(
+            "it is the 14 books of nltk_data/corpora/gutenberg.zip as UTF-8 with LF line ends, "
+            "joined by blank lines"
+        ),
     ),
 }
 
@@ -43,6 +58,7 @@ class Locations:
     cache_dir: Path
     data_dir: Path | None = None
     allow_download: bool = True
+    tiktoken_cache_dir: Path | None = None  # tiktoken's own cache (TIKTOKEN_CACHE_DIR)
 
 
 def sha256_file(path: Path) -> str:
@@ -84,6 +100,12 @@ def find_raw(spec: DatasetSpec, loc: Locations) -> Path:
     for path in candidates:
         if path.is_file():
             return path
+    if spec.url is None:
+        raise GptlabError(
+            f"dataset {spec.name!r} not found at {' or '.join(map(str, candidates))} and cannot "
+            f"be downloaded as one file ({spec.how_to_get}); put {spec.relpath} under "
+            "GPTLAB_DATA_DIR"
+        )
     if not loc.allow_download:
         raise GptlabError(
             f"dataset {spec.name!r} not found at {' or '.join(map(str, candidates))} and "

@@ -1,32 +1,82 @@
-"""Mean cross-entropy of a model over a fixed list of batches (the val loss nanoGPT reports).
+"""Validation loss and bits per byte over a fixed list of batches.
 
 Only the next-token cross-entropy counts: MoE balancing terms and multi-token-prediction heads
 are training objectives, not part of the loss we compare models by.
+
+Loss per token depends on the tokenizer (a 50k-token BPE packs ~4 bytes into each token, a char
+tokenizer one), so losses of runs with different tokenizers do not compare. Bits per byte do:
+
+    bpb = sum_t CE_t / (ln 2 * sum_t bytes(y_t))
+
+the total information, in bits, the model needs for the text, divided by the text's UTF-8
+length. Targets that are special tokens (0 bytes, e.g. BOS) count in neither sum, as in
+nanochat.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+LOGITS_BUDGET_BYTES = 256 << 20  # fp32 logits held at once; larger batches run in row chunks
 
 
 @torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    token_bytes: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """{"loss": mean next-token CE, "bpb": bits per byte (if token_bytes given)} over `batches`,
+    in eval mode (dropout off); restores the mode. token_bytes: (V,) UTF-8 length of each id."""
+    was_training = model.training
+    model.eval()
+    ce_sum = torch.zeros((), device=device, dtype=torch.float64)
+    bpb_nats = torch.zeros((), device=device, dtype=torch.float64)
+    n_bytes = torch.zeros((), device=device, dtype=torch.float64)
+    n_tokens = 0
+    lengths = token_bytes.to(device) if token_bytes is not None else None
+    for x, y, starts in batches:
+        x, y = x.to(device), y.to(device)  # (B, T)
+        B, T = x.shape
+        rows = max(1, LOGITS_BUDGET_BYTES // max(1, T * _vocab(model) * 4))
+        for r in range(0, B, rows):
+            kw = {"doc_starts": starts[r : r + rows].to(device)} if starts is not None else {}
+            with autocast():
+                logits = model(x[r : r + rows], **kw)  # (b, T, V) fp32
+            ce = F.cross_entropy(
+                logits.float().flatten(0, 1), y[r : r + rows].flatten(), reduction="none"
+            )  # (b*T,)
+            ce_sum += ce.sum(dtype=torch.float64)
+            if lengths is not None:
+                nb = lengths[y[r : r + rows].flatten()]  # (b*T,)
+                bpb_nats += (ce * (nb > 0)).sum(dtype=torch.float64)
+                n_bytes += nb.sum(dtype=torch.float64)
+        n_tokens += B * T
+    model.train(was_training)
+    out = {"loss": ce_sum.item() / max(1, n_tokens)}
+    if lengths is not None:
+        out["bpb"] = bpb_nats.item() / (math.log(2) * max(1.0, n_bytes.item()))
+    return out
+
+
+def _vocab(model: nn.Module) -> int:
+    module = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    return module.cfg.vocab_size
+
+
 def mean_loss(
     model: nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> float:
-    """Mean next-token loss over `batches` in eval mode (dropout off); restores the mode."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=device)
-    for x, y in batches:
-        with autocast():
-            _, stats = model(x.to(device), y.to(device))
-            total += stats["ce"].float()
-    model.train(was_training)
-    return total.item() / len(batches)
+    """Mean next-token loss over `batches` (see `evaluate`)."""
+    return evaluate(model, batches, device, autocast)["loss"]

@@ -23,17 +23,20 @@ import torch
 
 from gptlab import checkpoint
 from gptlab.config import from_dict, to_dict
-from gptlab.data.loader import RandomWindowLoader, fixed_batches
-from gptlab.data.prepare import load_meta, open_split, prepare
+from gptlab.data.loader import build_loader, fixed_batches
+from gptlab.data.prepare import prepare
 from gptlab.data.registry import Locations
+from gptlab.data.shards import load_meta, open_split
 from gptlab.errors import GptlabError
-from gptlab.eval.loss import mean_loss
+from gptlab.eval.loss import evaluate
 from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import lr_at
 from gptlab.runtime import Runtime, seed_everything
+from gptlab.tokenizer.base import Tokenizer
+from gptlab.tokenizer.load import load_tokenizer
 from gptlab.train.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -128,28 +131,45 @@ def train(
         _check_fresh_run_dir(run_dir)
 
     # Data first: the tokenizer fixes the vocabulary size of the model.
-    data_dir = prepare(cfg.data.dataset, cfg.data.tokenizer, cfg.data.val_fraction, locations)
+    data_dir = prepare(cfg.data, locations, progress=True)
     meta = load_meta(data_dir)
+    tok = _data_tokenizer(data_dir, meta, cfg)
     if meta["vocab_size"] != cfg.model.vocab_size:
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])
         )
     if stored_cfg is not None:
+        _check_same_data(stored_cfg, cfg, meta)
         _check_same_architecture(stored_cfg["model"], cfg.model)
     T = cfg.model.seq_len
-    train_tokens, val_tokens = open_split(data_dir, "train"), open_split(data_dir, "val")
-    for split, toks in (("train", train_tokens), ("val", val_tokens)):
-        if len(toks) < T + 1:
+    train_data, val_data = open_split(data_dir, "train"), open_split(data_dir, "val")
+    for split, data in (("train", train_data), ("val", val_data)):
+        if data.n_tokens < T + 1:
             raise GptlabError(
-                f"the {split} split of {cfg.data.dataset} has {len(toks)} tokens, fewer than one "
-                f"window of model.seq_len + 1 = {T + 1}; use more text or a smaller "
+                f"the {split} split of {cfg.data.dataset} has {data.n_tokens} tokens, fewer than "
+                f"one window of model.seq_len + 1 = {T + 1}; use more text or a smaller "
                 "--model.seq_len"
             )
-    loader = RandomWindowLoader(train_tokens, tc.batch_size, T, seed=tc.seed)
-    eval_sets = {
-        "train": fixed_batches(train_tokens, tc.eval_steps, tc.batch_size, T, seed=tc.seed + 1),
-        "val": fixed_batches(val_tokens, tc.eval_steps, tc.batch_size, T, seed=tc.seed + 2),
+    try:
+        loader = build_loader(
+            cfg.data.loader,
+            train_data,
+            tc.batch_size,
+            T,
+            seed=tc.seed,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            with_doc_starts=cfg.model.doc_mask,
+        )
+    except ValueError as e:
+        raise GptlabError(str(e)) from None
+    eval_sets = {  # the same windows at every eval; document starts only for doc_mask models
+        split: fixed_batches(
+            data, tc.eval_steps, tc.batch_size, T, tc.seed + k, with_doc_starts=cfg.model.doc_mask
+        )
+        for k, (split, data) in enumerate((("train", train_data), ("val", val_data)), start=1)
     }
+    token_bytes = torch.from_numpy(tok.token_bytes()).long()  # (V,) for bits per byte
 
     seed_everything(tc.seed)
     model = GPT(cfg.model).to(runtime.device)
@@ -167,6 +187,11 @@ def train(
                 f"optimizer state in {ckpt_latest} does not fit this model ({e})"
             ) from None
         scaler.load_state_dict(state["scaler"])
+        if state["loader"].get("kind", "random") != cfg.data.loader:
+            raise GptlabError(
+                f"--resume cannot change data.loader: the checkpoint used "
+                f"{state['loader'].get('kind', 'random')!r}; drop the override"
+            )
         loader.load_state_dict(state["loader"])
         _set_rng_state(state["rng"], runtime)
         start_step, best_val = state["step"], state["best_val_loss"]
@@ -189,6 +214,7 @@ def train(
         tokens_per_step,
     )
 
+    tokenizer_files = meta.get("tokenizer_files", ["tokenizer.json"])
     metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
     history: list[dict[str, Any]] = []
 
@@ -207,10 +233,10 @@ def train(
                 "step": step,
                 "best_val_loss": best_val,
                 "rng": _rng_state(runtime),
-                "loader": loader.state_dict(),
+                "loader": {"kind": cfg.data.loader, **loader.state_dict()},
                 "scaler": scaler.state_dict(),
             },
-            extra_files={"tokenizer.json": data_dir / "tokenizer.json"},
+            extra_files={name: data_dir / name for name in tokenizer_files},
         )
 
     last_val = math.nan
@@ -223,10 +249,11 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for _ in range(tc.grad_accum_steps):
-                x, y = loader.next_batch()  # (B, T), (B, T)
+                x, y, starts = loader.next_batch()  # (B, T) each; starts None or bool
                 x, y = x.to(runtime.device), y.to(runtime.device)
+                kw = {"doc_starts": starts.to(runtime.device)} if starts is not None else {}
                 with runtime.autocast():
-                    loss, stats = fwd_model(x, y)
+                    loss, stats = fwd_model(x, y, **kw)
                 scaler.scale(loss / tc.grad_accum_steps).backward()
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)
@@ -272,10 +299,13 @@ def train(
                 )
             if done % tc.eval_interval == 0 or done == tc.max_steps:
                 t_eval = time.perf_counter()
-                losses = {
-                    split: mean_loss(fwd_model, batches, runtime.device, runtime.autocast)
+                results = {
+                    split: evaluate(
+                        fwd_model, batches, runtime.device, runtime.autocast, token_bytes
+                    )
                     for split, batches in eval_sets.items()
                 }
+                losses = {split: r["loss"] for split, r in results.items()}
                 last_val = losses["val"]
                 is_best = last_val < best_val
                 best_val = min(best_val, last_val)
@@ -284,6 +314,7 @@ def train(
                         "step": done,
                         "train_eval_loss": losses["train"],
                         "val_loss": last_val,
+                        "val_bpb": results["val"]["bpb"],
                         "elapsed_s": time.perf_counter() - t_start,
                         "train_time_s": t_eval - t_train - eval_s,  # optimizer steps only
                     }
@@ -293,10 +324,11 @@ def train(
                     if is_best:
                         save("best", done)
                 log.info(
-                    "eval step %d | train %.4f | val %.4f%s",
+                    "eval step %d | train %.4f | val %.4f | val bpb %.4f%s",
                     done,
                     losses["train"],
                     last_val,
+                    results["val"]["bpb"],
                     " (best)" if is_best else "",
                 )
                 eval_time = time.perf_counter() - t_eval  # evaluation and checkpointing
@@ -307,6 +339,37 @@ def train(
     elapsed = time.perf_counter() - t_start
     log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best_val)
     return TrainResult(run_dir, tc.max_steps, best_val, last_val, elapsed, history)
+
+
+def _data_tokenizer(data_dir: Path, meta: dict[str, Any], cfg: RunConfig) -> Tokenizer:
+    """The prepared data's tokenizer, checked against the one the config asks for."""
+    try:
+        tok = load_tokenizer(data_dir)
+    except ValueError as e:
+        raise GptlabError(f"prepared data {data_dir}: {e}") from None
+    if tok.vocab_size != meta["vocab_size"]:
+        raise GptlabError(
+            f"{data_dir} holds a tokenizer of {tok.vocab_size} ids but data of vocab "
+            f"{meta['vocab_size']}; delete it and re-run gptlab prepare"
+        )
+    wanted = cfg.data.tokenizer
+    if wanted == "char" and tok.kind != "char" or wanted != "char" and tok.kind == "char":
+        raise GptlabError(
+            f"{cfg.data.dataset} was prepared with a {tok.kind} tokenizer but data.tokenizer is "
+            f"{wanted!r}; pass --data.tokenizer matching the data, or prepare it again"
+        )
+    return tok
+
+
+def _check_same_data(stored: dict[str, Any], cfg: RunConfig, meta: dict[str, Any]) -> None:
+    """A resumed run must read data with the vocabulary its checkpoint was trained on."""
+    old_vocab = stored["model"]["vocab_size"]
+    if old_vocab != meta["vocab_size"]:
+        raise GptlabError(
+            f"--resume: the checkpoint was trained with a vocabulary of {old_vocab} ids but "
+            f"{cfg.data.dataset} with tokenizer {cfg.data.tokenizer!r} has {meta['vocab_size']}; "
+            "resume with the data and tokenizer of the original run"
+        )
 
 
 def _extra_metrics(stats: dict[str, torch.Tensor]) -> dict[str, Any]:
