@@ -6,6 +6,7 @@ import pytest
 import regex
 import tiktoken
 from tests.tokenizer.awkward import AWKWARD, random_texts
+from tokenizers import Regex, pre_tokenizers
 
 from gptlab.tokenizer.patterns import (
     GPT2,
@@ -15,7 +16,6 @@ from gptlab.tokenizer.patterns import (
     get_pattern,
     pattern_name_of,
 )
-from tokenizers import Regex, pre_tokenizers
 
 # tiktoken's cl100k_base string (tiktoken_ext/openai_public.py); ours drops one possessive '+'.
 CL100K_EXACT = (
