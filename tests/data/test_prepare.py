@@ -260,3 +260,12 @@ def test_two_workers_write_the_same_shards_as_one(text_file, tmp_path, locations
         all_tokens(one, "train")[1:].tolist()
         == tok.encode_ordinary(text_file.read_text())[: open_split(one, "train").n_tokens - 1]
     )
+
+
+@needs_gpt2
+def test_each_tokenizer_gets_its_own_cache_folder(text_file, locations):
+    char = prepare(cfg(text_file), locations)
+    gpt2 = prepare(cfg(text_file, tokenizer="gpt2"), locations)
+    assert char != gpt2 and gpt2.name.endswith("-gpt2")
+    assert prepare(cfg(text_file), locations) == char  # still there, reused
+    assert json.loads((char / "meta.json").read_text())["tokenizer"] == "char"

@@ -38,7 +38,7 @@ import numpy as np
 
 from gptlab.data.config import DataConfig
 from gptlab.data.registry import REGISTRY, Locations, find_raw
-from gptlab.data.shards import META, load_meta
+from gptlab.data.shards import META, ShardWriter, load_meta
 from gptlab.data.sources import ReadOptions, Source, iter_documents, resolve_sources
 from gptlab.errors import GptlabError
 from gptlab.tokenizer.base import SpecialTokenError, Tokenizer
@@ -54,13 +54,25 @@ POOL_MIN_BYTES = 16 << 20  # below this, in-process beats starting workers (meas
 _SAFE_CUT = re.compile(r"(?<=\S) ")  # between a non-space and a space: no pre-token spans it
 
 
-def default_out_dir(dataset: str, loc: Locations) -> Path:
+def default_out_dir(dataset: str, loc: Locations, tokenizer_label: str = "") -> Path:
+    """<cache>/prepared/NAME[-TOKENIZER]: one folder per corpus and tokenizer, so switching the
+    tokenizer keeps both preparations instead of rebuilding one folder back and forth."""
+    suffix = f"-{tokenizer_label}" if tokenizer_label else ""
     if dataset in REGISTRY:
-        return loc.cache_dir / "prepared" / dataset
+        return loc.cache_dir / "prepared" / f"{dataset}{suffix}"
     src = str(Path(dataset).expanduser().resolve()) if not dataset.startswith("hf:") else dataset
     tag = hashlib.sha1(src.encode()).hexdigest()[:8]
     stem = Path(dataset.removeprefix("hf:")).stem or "data"
-    return loc.cache_dir / "prepared" / f"{stem}-{tag}"
+    return loc.cache_dir / "prepared" / f"{stem}-{tag}{suffix}"
+
+
+def _tokenizer_label(name: str, tok: Tokenizer | None) -> str:
+    """'' for char, the name of a pretrained encoding, else folder name + content hash."""
+    if tok is None:
+        return ""
+    if not Path(name).expanduser().is_dir():
+        return name
+    return f"{Path(name).expanduser().resolve().name}-{tok.fingerprint()[:8]}"
 
 
 def is_prepared_dir(path: Path) -> bool:
@@ -110,84 +122,6 @@ def _encode_with(
                 raise SpecialTokenError(f"document {i + 1} contains the special token {found!r}")
         out.append(np.asarray(tok.encode_ordinary(text), dtype=np.uint32))
     return out
-
-
-# -- the writer side ------------------------------------------------------------------------
-
-
-class ShardWriter:
-    """Appends documents of one split to numbered shards, closing a shard at a document end."""
-
-    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
-        self.directory, self.split, self.dtype = directory, split, dtype
-        self.shard_tokens = shard_tokens
-        self.shards: list[dict[str, Any]] = []
-        self._file = None
-        self._starts: list[int] = []
-        self._n = 0  # tokens in the open shard
-
-    def _open(self) -> None:
-        name = f"{self.split}_{len(self.shards):05d}.bin"
-        self._file = open(self.directory / name, "wb")  # noqa: SIM115
-        self.shards.append({"file": name})
-        self._starts, self._n = [], 0
-
-    def _close(self) -> None:
-        if self._file is None:
-            return
-        self._file.close()
-        entry = self.shards[-1]
-        docs_name = entry["file"].removesuffix(".bin") + ".docs.npy"
-        np.save(self.directory / docs_name, np.asarray(self._starts, dtype=np.int64))
-        entry |= {
-            "tokens": self._n,
-            "docs": len(self._starts),
-            "doc_index": docs_name,
-            "sha256": _sha256(self.directory / entry["file"]),
-        }
-        self._file = None
-
-    def write(self, ids: np.ndarray, new_doc: bool) -> None:
-        """Append ids; `new_doc` marks the start of a document (where a shard may end)."""
-        if new_doc and (self._file is None or self._n >= self.shard_tokens):
-            self._close()
-            self._open()
-        if new_doc:
-            self._starts.append(self._n)
-        assert self._file is not None
-        self._file.write(ids.astype(self.dtype, copy=False).tobytes())
-        self._n += len(ids)
-
-    def last_doc_length(self) -> int:
-        return self._n - self._starts[-1] if self._starts else 0
-
-    def pop_tail(self, n: int) -> np.ndarray:
-        """Remove and return the last n tokens (all inside the last document)."""
-        assert self._file is not None and 0 < n < self.last_doc_length()
-        self._file.flush()
-        path = self.directory / self.shards[-1]["file"]
-        keep = self._n - n
-        tail = np.fromfile(path, dtype=self.dtype, offset=keep * self.dtype.itemsize)
-        self._file.truncate(keep * self.dtype.itemsize)
-        self._file.seek(keep * self.dtype.itemsize)
-        self._n = keep
-        return tail
-
-    def finish(self) -> dict[str, Any]:
-        self._close()
-        return {
-            "tokens": sum(s["tokens"] for s in self.shards),
-            "docs": sum(s["docs"] for s in self.shards),
-            "shards": self.shards,
-        }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_val_doc(i: int, val_fraction: float) -> bool:
@@ -290,14 +224,16 @@ def prepare(
     if cfg.dataset not in REGISTRY and is_prepared_dir(as_path):
         return as_path  # already a prepared directory: use as is
     sources, opts = _sources(cfg, loc)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(cfg.dataset, loc)
-
     tok: Tokenizer | None = None
     if cfg.tokenizer == "char":
         tokenizer_id = "char"  # built from the corpus, so the sources fingerprint covers it
     else:
         tok = _build_tokenizer(cfg, loc, iter(()))
         tokenizer_id = tok.fingerprint()
+    if out_dir is None:
+        out = default_out_dir(cfg.dataset, loc, _tokenizer_label(cfg.tokenizer, tok))
+    else:
+        out = Path(out_dir)
     fp = _fingerprint(sources, tokenizer_id, cfg, opts)
     if is_prepared_dir(out) and load_meta(out).get("fingerprint") == fp:
         log.info("using prepared data in %s", out)

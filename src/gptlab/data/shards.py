@@ -1,4 +1,8 @@
-"""Open one split of a prepared directory: memory-mapped shards plus where documents start.
+"""The shard format of a prepared directory: writing shards, and opening one split as
+memory-mapped shards plus where documents start.
+
+`ShardWriter` appends documents to `{split}_NNNNN.bin` files (closing a shard only at a
+document end) and records each shard's document starts (`.docs.npy`), token count and sha256.
 
 Opening checks what can be checked cheaply, so a damaged dataset fails before training instead
 of as a crash or silent garbage mid-run: every shard's size against meta.json (truncation), the
@@ -140,3 +144,78 @@ def _doc_starts(directory: Path, entry: dict[str, Any], n_tokens: int) -> np.nda
             "gptlab prepare"
         )
     return starts.astype(np.int64)
+
+
+class ShardWriter:
+    """Appends documents of one split to numbered shards, closing a shard at a document end."""
+
+    def __init__(self, directory: Path, split: str, dtype: np.dtype, shard_tokens: int) -> None:
+        self.directory, self.split, self.dtype = directory, split, dtype
+        self.shard_tokens = shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self._file = None
+        self._starts: list[int] = []
+        self._n = 0  # tokens in the open shard
+
+    def _open(self) -> None:
+        name = f"{self.split}_{len(self.shards):05d}.bin"
+        self._file = open(self.directory / name, "wb")  # noqa: SIM115
+        self.shards.append({"file": name})
+        self._starts, self._n = [], 0
+
+    def _close(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        entry = self.shards[-1]
+        docs_name = entry["file"].removesuffix(".bin") + ".docs.npy"
+        np.save(self.directory / docs_name, np.asarray(self._starts, dtype=np.int64))
+        entry |= {
+            "tokens": self._n,
+            "docs": len(self._starts),
+            "doc_index": docs_name,
+            "sha256": _sha256(self.directory / entry["file"]),
+        }
+        self._file = None
+
+    def write(self, ids: np.ndarray, new_doc: bool) -> None:
+        """Append ids; `new_doc` marks the start of a document (where a shard may end)."""
+        if new_doc and (self._file is None or self._n >= self.shard_tokens):
+            self._close()
+            self._open()
+        if new_doc:
+            self._starts.append(self._n)
+        assert self._file is not None
+        self._file.write(ids.astype(self.dtype, copy=False).tobytes())
+        self._n += len(ids)
+
+    def last_doc_length(self) -> int:
+        return self._n - self._starts[-1] if self._starts else 0
+
+    def pop_tail(self, n: int) -> np.ndarray:
+        """Remove and return the last n tokens (all inside the last document)."""
+        assert self._file is not None and 0 < n < self.last_doc_length()
+        self._file.flush()
+        path = self.directory / self.shards[-1]["file"]
+        keep = self._n - n
+        tail = np.fromfile(path, dtype=self.dtype, offset=keep * self.dtype.itemsize)
+        self._file.truncate(keep * self.dtype.itemsize)
+        self._file.seek(keep * self.dtype.itemsize)
+        self._n = keep
+        return tail
+
+    def finish(self) -> dict[str, Any]:
+        self._close()
+        return {
+            "tokens": sum(s["tokens"] for s in self.shards),
+            "docs": sum(s["docs"] for s in self.shards),
+            "shards": self.shards,
+        }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
