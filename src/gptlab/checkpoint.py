@@ -84,6 +84,25 @@ def save(
     return path
 
 
+def snapshot(run_dir: Path, name: str, step: int, keep: int) -> Path:
+    """Hard-link checkpoint `name` as step_NNNNNNN/ and delete all but the `keep` newest
+    snapshots. Checkpoint files are only ever replaced, never rewritten in place, so a link
+    keeps its step's version when `name` moves on."""
+    src = resolve(run_dir / name)
+    dst = run_dir / f"step_{step:07d}"
+    if not dst.exists():
+        tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{dst.name}.tmp-"))
+        try:
+            for f in src.iterdir():
+                os.link(f, tmp / f.name)
+            os.replace(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in sorted(run_dir.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
 def migrate(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     """Bring an older config.json up to SCHEMA_VERSION (the one place migrations live)."""
     version = doc.get("schema_version")

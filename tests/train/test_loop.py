@@ -163,3 +163,44 @@ def test_flex_cannot_train_on_cpu(tiny_run, locations):
     model = dataclasses.replace(tiny_run.model, attn_backend="flex")
     with pytest.raises(ValueError, match="no backward pass on a CPU"):
         train(dataclasses.replace(tiny_run, model=model), _runtime(), locations)
+
+
+def test_resume_with_muon_reproduces_uninterrupted_run(tiny_run, locations, tmp_path):
+    """Muon + WSD + cautious decay: crash at step 12, resume from step 10, same losses to 20."""
+    optim = dataclasses.replace(
+        tiny_run.optim,
+        name="muon",
+        cautious_wd=True,
+        schedule="wsd",
+        muon_momentum_warmup_steps=15,
+        warmup_steps=min(tiny_run.optim.warmup_steps, 5),
+    )
+    base = dataclasses.replace(tiny_run, optim=optim)
+    full = {}
+    train(
+        _with(base, out_dir=str(tmp_path / "a")),
+        _runtime(),
+        locations,
+        on_step=lambda s, loss: full.__setitem__(s, loss),
+    )
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_12(step, loss):
+        if step == 12:
+            raise Crash
+
+    cfg_b = _with(base, out_dir=str(tmp_path / "b"))
+    with pytest.raises(Crash):
+        train(cfg_b, _runtime(), locations, on_step=crash_after_12)
+    resumed = {}
+    train(
+        cfg_b,
+        _runtime(),
+        locations,
+        resume=True,
+        on_step=lambda s, loss: resumed.__setitem__(s, loss),
+    )
+    assert sorted(resumed) == list(range(11, 21))
+    assert all(resumed[s] == full[s] for s in resumed)  # bit-exact on CPU

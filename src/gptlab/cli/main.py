@@ -13,11 +13,13 @@ from gptlab.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError
 from gptlab.errors import GptlabError
 
 VERBS = {
-    "prepare": ("gptlab.cli.prepare", "tokenize a dataset or text into train/val memmaps"),
+    "prepare": ("gptlab.cli.prepare", "tokenize a corpus once into token shards"),
     "train": ("gptlab.cli.train", "train a model (default: Shakespeare, char-level)"),
     "sample": ("gptlab.cli.sample", "generate text from a trained run"),
     "tokenizer": ("gptlab.cli.tokenizer", "train, inspect and use BPE tokenizers"),
     "info": ("gptlab.cli.info", "architecture, parameter count and FLOPs of a preset or run"),
+    "plot": ("gptlab.cli.plot", "loss curves of runs vs step, tokens and time, as a PNG"),
+    "export": ("gptlab.cli.export", "a weights-only checkpoint of a run, for inference"),
 }
 
 

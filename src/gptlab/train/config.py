@@ -20,9 +20,22 @@ class TrainConfig:
     max_steps: int = 5000
     """Optimizer steps to train for; the LR schedule decays over exactly this many."""
     batch_size: int = 64
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch on each device (the micro-batch size)."""
     grad_accum_steps: int = 1
-    """Micro-batches accumulated per optimizer step (tokens per step = this x batch x seq_len)."""
+    """Micro-batches accumulated per optimizer step (tokens per step = this x batch x seq_len
+    x world size); derived instead when global_batch_size or global_batch_tokens is set."""
+    global_batch_size: int = 0
+    """Sequences per optimizer step over all ranks (0: batch_size x grad_accum_steps x world
+    size). Must be a multiple of batch_size x world size; sets grad_accum_steps."""
+    global_batch_tokens: int = 0
+    """The global batch in tokens instead (a multiple of batch_size x seq_len x world size)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, ~30% more compute."""
+    max_bad_steps: int = 5
+    """Skip a step whose loss or gradient is NaN/inf; stop after this many in a row."""
+    keep_checkpoints: int = 1
+    """Checkpoints kept: latest/ only (1), or also step_NNNNNNN/ snapshots of the N most recent
+    evaluations (hard links to the same files: no extra disk until latest/ moves on)."""
     eval_interval: int = 250
     """Evaluate (and checkpoint) every this many steps, and after the last step."""
     eval_steps: int = 200
@@ -41,6 +54,15 @@ class TrainConfig:
     """Run directory: config.json, metrics.jsonl and the latest/ and best/ checkpoints."""
     save_checkpoints: bool = True
     """Write latest/ and best/ at each evaluation."""
+    loggers: tuple[Literal["tensorboard", "wandb"], ...] = ()
+    """Extra metric sinks besides metrics.jsonl (always written): tensorboard writes to
+    out_dir/tensorboard, wandb to out_dir/wandb. Needs pip install 'gptlab[tensorboard]' or
+    'gptlab[wandb]'; only rank 0 logs."""
+    wandb_project: str = "gptlab"
+    """W&B project the run is logged under (when loggers includes wandb)."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """'offline' writes out_dir/wandb with no network (upload later with `wandb sync`);
+    'online' streams to the W&B server and needs `wandb login`."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -55,6 +77,53 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not self.out_dir:
             raise ValueError("train.out_dir is empty; give a directory for the run")
+        for name in ("global_batch_size", "global_batch_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"train.{name} must be >= 0 (0: not set), got {getattr(self, name)}"
+                )
+        if self.global_batch_size and self.global_batch_tokens:
+            raise ValueError(
+                "train.global_batch_size and train.global_batch_tokens are both set; give one"
+            )
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.max_bad_steps < 1:
+            raise ValueError(f"train.max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        for name in self.loggers:
+            if name not in ("tensorboard", "wandb"):
+                raise ValueError(
+                    f"train.loggers: unknown logger {name!r}; choose tensorboard and/or wandb "
+                    "(metrics.jsonl is always written)"
+                )
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ValueError(f"train.loggers {self.loggers} names a logger twice; list each once")
+        if self.wandb_mode not in ("offline", "online"):
+            raise ValueError(f"train.wandb_mode {self.wandb_mode!r} must be offline or online")
+        if not self.wandb_project.strip():
+            raise ValueError("train.wandb_project is empty; give a W&B project name")
+
+    def accumulation(self, seq_len: int, world_size: int) -> int:
+        """Micro-batches per optimizer step on each rank, derived from the global batch when
+        one is set; ValueError when it does not split evenly."""
+        per_micro = self.batch_size * world_size  # sequences in one micro-step over all ranks
+        if self.global_batch_tokens:
+            if self.global_batch_tokens % (per_micro * seq_len):
+                raise ValueError(
+                    f"train.global_batch_tokens {self.global_batch_tokens} is not a multiple of "
+                    f"batch_size {self.batch_size} x seq_len {seq_len} x world size {world_size} "
+                    f"= {per_micro * seq_len}; pick a multiple of it"
+                )
+            return self.global_batch_tokens // (per_micro * seq_len)
+        if self.global_batch_size:
+            if self.global_batch_size % per_micro:
+                raise ValueError(
+                    f"train.global_batch_size {self.global_batch_size} is not a multiple of "
+                    f"batch_size {self.batch_size} x world size {world_size} = {per_micro}; "
+                    "pick a multiple of it"
+                )
+            return self.global_batch_size // per_micro
+        return self.grad_accum_steps
 
     @property
     def sequences_per_step(self) -> int:

@@ -33,11 +33,14 @@ from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
-from gptlab.optim.schedule import lr_at
+from gptlab.optim.schedule import apply_schedule
 from gptlab.runtime import Runtime, seed_everything
 from gptlab.tokenizer.base import Tokenizer
 from gptlab.tokenizer.load import load_tokenizer
 from gptlab.train.config import RunConfig
+from gptlab.train.health import HealthMonitor, peak_flops, peak_memory_gb
+from gptlab.train.loggers import build_loggers, close_loggers
+from gptlab.train.memory import available_memory, enable_activation_checkpointing, estimate_memory
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,7 @@ def train(
     t_start = time.perf_counter()
     tc, run_dir = cfg.train, Path(cfg.train.out_dir)
     ckpt_latest = run_dir / "latest"
+    accum = tc.accumulation(cfg.model.seq_len, runtime.world_size)  # ValueError if uneven
 
     stored_cfg = None
     if resume:
@@ -139,6 +143,7 @@ def train(
             cfg, model=dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])
         )
     if stored_cfg is not None:
+        _check_same_optimizer(stored_cfg, cfg)
         _check_same_data(stored_cfg, cfg, meta)
         _check_same_architecture(stored_cfg["model"], cfg.model)
     T = cfg.model.seq_len
@@ -173,6 +178,9 @@ def train(
 
     seed_everything(tc.seed)
     model = GPT(cfg.model).to(runtime.device)
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    health = HealthMonitor(max_bad_steps=tc.max_bad_steps)
     optimizer = build_optimizer(model.named_parameters(), cfg.optim)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
     start_step, best_val = 0, math.inf
@@ -187,6 +195,7 @@ def train(
                 f"optimizer state in {ckpt_latest} does not fit this model ({e})"
             ) from None
         scaler.load_state_dict(state["scaler"])
+        health.load_state_dict(state.get("health", {}))
         if state["loader"].get("kind", "random") != cfg.data.loader:
             raise GptlabError(
                 f"--resume cannot change data.loader: the checkpoint used "
@@ -203,7 +212,7 @@ def train(
     (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     fwd_model = torch.compile(model) if tc.compile else model
     counts = count_params(model)
-    tokens_per_step = tc.sequences_per_step * T
+    tokens_per_step = accum * tc.batch_size * runtime.world_size * T
     active = f" ({counts.active / 1e6:.2f}M active)" if counts.active != counts.total else ""
     log.info(
         "model: %.2fM parameters%s, %.2f MFLOPs/token (train) | %s | %d tokens/step",
@@ -213,8 +222,32 @@ def train(
         runtime.describe(),
         tokens_per_step,
     )
+    memory = estimate_memory(
+        cfg.model,
+        counts.total,
+        tc.batch_size,
+        autocast=runtime.compute_dtype != runtime.param_dtype,
+        optimizer_bytes_per_param=8.0,
+        activation_checkpointing=tc.activation_checkpointing,
+    )
+    log.info("memory estimate per device: %s", memory.describe(available_memory(runtime.device)))
+    peak, peak_source = peak_flops(runtime.device, runtime.compute_dtype)
+    train_flops = flops_per_token(cfg.model)  # per token, forward + backward
+    log.info("MFU is measured against %.2f TFLOP/s (%s)", peak / 1e12, peak_source)
 
     tokenizer_files = meta.get("tokenizer_files", ["tokenizer.json"])
+    sinks = (  # TensorBoard / W&B beside metrics.jsonl; built first, so a missing one fails here
+        build_loggers(
+            tc.loggers,
+            run_dir,
+            config_dict,
+            start_step=start_step,
+            wandb_project=tc.wandb_project,
+            wandb_mode=tc.wandb_mode,
+        )
+        if runtime.is_main_rank
+        else []
+    )
     metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
     history: list[dict[str, Any]] = []
 
@@ -222,6 +255,8 @@ def train(
         history.append(row)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
+        for sink in sinks:
+            sink.log(row, step=row["step"])
 
     def save(name: str, step: int) -> None:
         checkpoint.save(
@@ -235,6 +270,7 @@ def train(
                 "rng": _rng_state(runtime),
                 "loader": {"kind": cfg.data.loader, **loader.state_dict()},
                 "scaler": scaler.state_dict(),
+                "health": health.state_dict(),
             },
             extra_files={name: data_dir / name for name in tokenizer_files},
         )
@@ -245,21 +281,43 @@ def train(
     model.train()
     try:
         for step in range(start_step, tc.max_steps):
-            lr = lr_at(step, tc.max_steps, cfg.optim)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for _ in range(tc.grad_accum_steps):
+            lr = apply_schedule(optimizer, step, tc.max_steps, cfg.optim)["lr"]  # lr, wd, momentum
+            loss_sum = torch.zeros((), device=runtime.device)
+            for _ in range(accum):
                 x, y, starts = loader.next_batch()  # (B, T) each; starts None or bool
                 x, y = x.to(runtime.device), y.to(runtime.device)
                 kw = {"doc_starts": starts.to(runtime.device)} if starts is not None else {}
                 with runtime.autocast():
                     loss, stats = fwd_model(x, y, **kw)
-                scaler.scale(loss / tc.grad_accum_steps).backward()
-            if cfg.optim.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+                scaler.scale(loss / accum).backward()
+                loss_sum += loss.detach()
+            scaler.unscale_(optimizer)  # a no-op without fp16 loss scaling
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            grad_norm_t = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            step_loss, grad_norm = (loss_sum / accum).item(), grad_norm_t.item()  # one sync
+            # fp16: an inf gradient is the scaler's normal signal to lower its scale, not a fault
+            scaler_handles_it = scaler.is_enabled() and math.isfinite(step_loss)
+            if health.is_finite(step_loss, grad_norm) or scaler_handles_it:
+                scaler.step(optimizer)
+                scaler.update()
+                for warning in health.record_good(step_loss, grad_norm):
+                    log.warning("step %d: %s", step + 1, warning)
+            else:
+                scaler.update()
+                log.warning(
+                    "step %d skipped: loss %s, gradient norm %s (%d in a row)",
+                    step + 1,
+                    step_loss,
+                    grad_norm,
+                    health.bad_in_a_row + 1,
+                )
+                if health.record_bad():
+                    raise GptlabError(
+                        f"training diverged: {health.bad_in_a_row} steps in a row had a "
+                        f"non-finite loss or gradient (last at step {step + 1}); lower "
+                        "--optim.lr, raise --optim.warmup_steps or use --train.dtype bfloat16 "
+                        "instead of float16, then resume from the last checkpoint"
+                    )
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
 
@@ -281,19 +339,25 @@ def train(
                         "ms_per_step": dt * 1e3,
                         "tokens_per_s": tokens_per_step / dt,
                         "elapsed_s": elapsed,
+                        "grad_norm": grad_norm,
+                        "mfu": train_flops * tokens_per_step / dt / peak,
+                        "peak_mem_gb": peak_memory_gb(runtime.device),
+                        "skipped_steps": health.skipped_steps,
                         **_extra_metrics(stats),
                     }
                 )
                 log.info(
-                    "step %5d/%d (%3.0f%%) | loss %.4f | lr %.2e | %.1f ms/step | %.0f tok/s | "
-                    "elapsed %.0fs, eta %.0fs",
+                    "step %5d/%d (%3.0f%%) | loss %.4f | lr %.2e | gnorm %.3f | %.1f ms/step | "
+                    "%.0f tok/s | mfu %.1f%% | elapsed %.0fs, eta %.0fs",
                     done,
                     tc.max_steps,
                     100 * done / tc.max_steps,
                     loss_val,
                     lr,
+                    grad_norm,
                     dt * 1e3,
                     tokens_per_step / dt,
+                    100 * train_flops * tokens_per_step / dt / peak,
                     elapsed,
                     eta,
                 )
@@ -321,6 +385,8 @@ def train(
                 )
                 if tc.save_checkpoints:
                     save("latest", done)
+                    if tc.keep_checkpoints > 1:
+                        checkpoint.snapshot(run_dir, "latest", done, tc.keep_checkpoints)
                     if is_best:
                         save("best", done)
                 log.info(
@@ -336,6 +402,7 @@ def train(
                 eval_s += eval_time
     finally:
         metrics_file.close()
+        close_loggers(sinks)
     elapsed = time.perf_counter() - t_start
     log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best_val)
     return TrainResult(run_dir, tc.max_steps, best_val, last_val, elapsed, history)
@@ -359,6 +426,17 @@ def _data_tokenizer(data_dir: Path, meta: dict[str, Any], cfg: RunConfig) -> Tok
             f"{wanted!r}; pass --data.tokenizer matching the data, or prepare it again"
         )
     return tok
+
+
+def _check_same_optimizer(stored: dict[str, Any], cfg: RunConfig) -> None:
+    """Optimizer state only fits the optimizer that wrote it."""
+    old = stored.get("optim", {}).get("name", "adamw")
+    new = getattr(cfg.optim, "name", "adamw")
+    if old != new:
+        raise GptlabError(
+            f"--resume cannot switch the optimizer: the checkpoint was trained with {old!r}, "
+            f"not {new!r}; resume with --optim.name {old}, or start a new --train.out_dir"
+        )
 
 
 def _check_same_data(stored: dict[str, Any], cfg: RunConfig, meta: dict[str, Any]) -> None:

@@ -1,0 +1,162 @@
+"""Muon for hidden matrices and AdamW for the rest, as one torch optimizer.
+
+Muon (Jordan et al. 2024): keep a momentum buffer of the gradient, orthogonalise it (every
+singular value -> 1, optim/orthogonalize.py) and step along that. The update is steepest descent
+under the spectral norm, so every direction in the matrix moves by the same amount however
+skewed the gradient's spectrum is.
+
+Key decision, the update scale: an orthogonalised m x n matrix has RMS 1 / sqrt(max(m, n)), so we
+multiply by 0.2 sqrt(max(m, n)) to give it RMS 0.2, about that of an AdamW update (Liu et al.
+2025, "Muon is scalable for LLM training"). Then `muon_lr` and `weight_decay` sit on AdamW's
+scale, and the scale is symmetric in m and n, so it needs no knowledge of whether a weight is
+stored (out, in) like nn.Linear or (in, out) like the stacked MoE experts.
+
+The math lives in small pure functions; `MuonAdamW.step` only loops over groups and dispatches on
+`group["kind"]` ("muon" or "adamw"). Decoupled weight decay is p <- p - lr * (u + wd * p) with u
+the update direction; the cautious variant (Chen et al. 2025) masks the decay term to coordinates
+where u and p share a sign. GradScaler works with it as with any optimizer: it unscales the
+gradients in `param_groups` and skips `step()` on inf/nan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from gptlab.optim.orthogonalize import orthogonalize
+
+UPDATE_RMS = 0.2  # target RMS of a Muon update: that of a typical AdamW update
+
+
+def muon_scale(shape: torch.Size) -> float:
+    """Factor that gives an orthogonalised (..., m, n) update RMS `UPDATE_RMS`."""
+    return UPDATE_RMS * math.sqrt(max(shape[-2], shape[-1]))
+
+
+def momentum_direction(
+    grad: torch.Tensor, buf: torch.Tensor, momentum: float, nesterov: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new buffer, direction to orthogonalise): buf <- mu buf + (1 - mu) g; Nesterov looks ahead.
+
+    The (1 - mu) damping only rescales the buffer, which orthogonalisation ignores anyway.
+    """
+    new_buf = momentum * buf + (1 - momentum) * grad
+    direction = (1 - momentum) * grad + momentum * new_buf if nesterov else new_buf
+    return new_buf, direction
+
+
+def muon_update(
+    grad: torch.Tensor,
+    buf: torch.Tensor,
+    *,
+    momentum: float,
+    nesterov: bool,
+    method: str,
+    steps: int,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new momentum buffer, Muon update direction of RMS ~0.2) for one matrix or expert stack."""
+    new_buf, direction = momentum_direction(grad, buf, momentum, nesterov)
+    ortho = orthogonalize(direction, method, steps, dtype).to(grad.dtype)
+    return new_buf, ortho * muon_scale(grad.shape)
+
+
+def adamw_update(
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: int,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(new exp_avg, new exp_avg_sq, update direction) of Adam at 1-based `step`, bias-corrected."""
+    exp_avg = beta1 * exp_avg + (1 - beta1) * grad
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    direction = (exp_avg / bias1) / ((exp_avg_sq / bias2).sqrt() + eps)
+    return exp_avg, exp_avg_sq, direction
+
+
+def decay_term(
+    param: torch.Tensor, direction: torch.Tensor, weight_decay: float, cautious: bool
+) -> torch.Tensor:
+    """wd * p, kept only where sign(direction) == sign(p) when `cautious`."""
+    decay = weight_decay * param
+    if cautious:
+        decay = decay * (direction * param > 0)
+    return decay
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """One optimizer over groups of kind "muon" and "adamw" (see optim/groups.py).
+
+    Group keys: lr, weight_decay, kind; muon groups also momentum, nesterov, orthogonalizer,
+    ns_steps; adamw groups betas, eps; both cautious_wd. `apply_schedule` rewrites lr,
+    weight_decay and momentum every step. State: a momentum buffer per Muon tensor; step,
+    exp_avg and exp_avg_sq per AdamW tensor.
+    """
+
+    def __init__(self, param_groups: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
+        for group in param_groups:
+            if group.get("kind") not in ("muon", "adamw"):
+                raise ValueError(f"group {group.get('name')!r} needs kind 'muon' or 'adamw'")
+        super().__init__(param_groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["kind"] == "muon":
+                    direction = self._muon_direction(p, group)
+                else:
+                    direction = self._adamw_direction(p, group)
+                decay = decay_term(p, direction, group["weight_decay"], group["cautious_wd"])
+                p.sub_(group["lr"] * (direction + decay))
+        return loss
+
+    def _muon_direction(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        # bf16 Gram products on accelerators (the iteration tolerates it); exact dtype on CPU
+        dtype = torch.bfloat16 if p.device.type == "cuda" else None
+        state["momentum_buffer"], direction = muon_update(
+            p.grad,
+            state["momentum_buffer"],
+            momentum=group["momentum"],
+            nesterov=group["nesterov"],
+            method=group["orthogonalizer"],
+            steps=group["ns_steps"],
+            dtype=dtype,
+        )
+        return direction
+
+    def _adamw_direction(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        state["exp_avg"], state["exp_avg_sq"], direction = adamw_update(
+            p.grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["step"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+        )
+        return direction
