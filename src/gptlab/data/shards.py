@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gptlab.data.registry import sha256_file
 from gptlab.errors import GptlabError
 
 META = "meta.json"
@@ -174,7 +175,7 @@ class ShardWriter:
             "tokens": self._n,
             "docs": len(self._starts),
             "doc_index": docs_name,
-            "sha256": _sha256(self.directory / entry["file"]),
+            "sha256": sha256_file(self.directory / entry["file"]),
         }
         self._file = None
 
@@ -211,11 +212,3 @@ class ShardWriter:
             "docs": sum(s["docs"] for s in self.shards),
             "shards": self.shards,
         }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()

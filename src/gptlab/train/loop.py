@@ -30,13 +30,11 @@ from gptlab.data.shards import load_meta, open_split
 from gptlab.errors import GptlabError
 from gptlab.eval.loss import evaluate
 from gptlab.model.accounting import count_params, flops_per_token
-from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import apply_schedule
 from gptlab.runtime import Runtime, seed_everything
-from gptlab.tokenizer.base import Tokenizer
-from gptlab.tokenizer.load import load_tokenizer
+from gptlab.train import checks
 from gptlab.train.config import RunConfig
 from gptlab.train.health import HealthMonitor, peak_flops, peak_memory_gb
 from gptlab.train.loggers import build_loggers, close_loggers
@@ -44,7 +42,7 @@ from gptlab.train.memory import available_memory, enable_activation_checkpointin
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.jsonl"
+METRICS = checks.METRICS
 
 
 @dataclasses.dataclass
@@ -55,32 +53,6 @@ class TrainResult:
     last_val_loss: float
     elapsed_s: float
     history: list[dict[str, Any]]  # the metrics rows written by this process
-
-
-def _check_fresh_run_dir(run_dir: Path) -> None:
-    taken = [n for n in ("latest", "best", METRICS) if (run_dir / n).exists()]
-    if taken:
-        raise GptlabError(
-            f"run directory {run_dir} already holds a run ({', '.join(taken)}); pass --resume to "
-            "continue it or choose another --train.out_dir (nothing was overwritten)"
-        )
-
-
-# model fields a resumed run may change: they do not change the weights
-RESUMABLE_CHANGES = ("dropout", "attn_backend")
-
-
-def _check_same_architecture(stored: dict[str, Any], new: ModelConfig) -> None:
-    new_d = json.loads(json.dumps(to_dict(new)))  # tuples -> lists, as stored
-    changed = [
-        k for k in new_d if k in stored and stored[k] != new_d[k] and k not in RESUMABLE_CHANGES
-    ]
-    if changed:
-        k = changed[0]
-        raise GptlabError(
-            f"--resume cannot change the architecture: model.{k} is {stored[k]} in the checkpoint "
-            f"but {new_d[k]} now; drop that override or start a new --train.out_dir"
-        )
 
 
 def _rng_state(runtime: Runtime) -> dict[str, Any]:
@@ -132,20 +104,20 @@ def train(
             )
         stored_cfg = checkpoint.load_config(ckpt_latest)
     else:
-        _check_fresh_run_dir(run_dir)
+        checks.check_fresh_run_dir(run_dir)
 
     # Data first: the tokenizer fixes the vocabulary size of the model.
     data_dir = prepare(cfg.data, locations, progress=True)
     meta = load_meta(data_dir)
-    tok = _data_tokenizer(data_dir, meta, cfg)
+    tok = checks.data_tokenizer(data_dir, meta, cfg)
     if meta["vocab_size"] != cfg.model.vocab_size:
         cfg = dataclasses.replace(
             cfg, model=dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"])
         )
     if stored_cfg is not None:
-        _check_same_optimizer(stored_cfg, cfg)
-        _check_same_data(stored_cfg, cfg, meta)
-        _check_same_architecture(stored_cfg["model"], cfg.model)
+        checks.check_same_optimizer(stored_cfg, cfg)
+        checks.check_same_data(stored_cfg, cfg, meta)
+        checks.check_same_architecture(stored_cfg["model"], cfg.model)
     T = cfg.model.seq_len
     train_data, val_data = open_split(data_dir, "train"), open_split(data_dir, "val")
     for split, data in (("train", train_data), ("val", val_data)):
@@ -406,48 +378,6 @@ def train(
     elapsed = time.perf_counter() - t_start
     log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best_val)
     return TrainResult(run_dir, tc.max_steps, best_val, last_val, elapsed, history)
-
-
-def _data_tokenizer(data_dir: Path, meta: dict[str, Any], cfg: RunConfig) -> Tokenizer:
-    """The prepared data's tokenizer, checked against the one the config asks for."""
-    try:
-        tok = load_tokenizer(data_dir)
-    except ValueError as e:
-        raise GptlabError(f"prepared data {data_dir}: {e}") from None
-    if tok.vocab_size != meta["vocab_size"]:
-        raise GptlabError(
-            f"{data_dir} holds a tokenizer of {tok.vocab_size} ids but data of vocab "
-            f"{meta['vocab_size']}; delete it and re-run gptlab prepare"
-        )
-    wanted = cfg.data.tokenizer
-    if wanted == "char" and tok.kind != "char" or wanted != "char" and tok.kind == "char":
-        raise GptlabError(
-            f"{cfg.data.dataset} was prepared with a {tok.kind} tokenizer but data.tokenizer is "
-            f"{wanted!r}; pass --data.tokenizer matching the data, or prepare it again"
-        )
-    return tok
-
-
-def _check_same_optimizer(stored: dict[str, Any], cfg: RunConfig) -> None:
-    """Optimizer state only fits the optimizer that wrote it."""
-    old = stored.get("optim", {}).get("name", "adamw")
-    new = getattr(cfg.optim, "name", "adamw")
-    if old != new:
-        raise GptlabError(
-            f"--resume cannot switch the optimizer: the checkpoint was trained with {old!r}, "
-            f"not {new!r}; resume with --optim.name {old}, or start a new --train.out_dir"
-        )
-
-
-def _check_same_data(stored: dict[str, Any], cfg: RunConfig, meta: dict[str, Any]) -> None:
-    """A resumed run must read data with the vocabulary its checkpoint was trained on."""
-    old_vocab = stored["model"]["vocab_size"]
-    if old_vocab != meta["vocab_size"]:
-        raise GptlabError(
-            f"--resume: the checkpoint was trained with a vocabulary of {old_vocab} ids but "
-            f"{cfg.data.dataset} with tokenizer {cfg.data.tokenizer!r} has {meta['vocab_size']}; "
-            "resume with the data and tokenizer of the original run"
-        )
 
 
 def _extra_metrics(stats: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""What a run checks before it starts: a fresh run directory, and that a resumed run (or a
+prepared dataset) matches the model, optimizer and tokenizer it is used with.
+
+Each check raises GptlabError with one line that says what differs and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gptlab.config import to_dict
+from gptlab.errors import GptlabError
+from gptlab.model.config import ModelConfig
+from gptlab.tokenizer.base import Tokenizer
+from gptlab.tokenizer.load import load_tokenizer
+from gptlab.train.config import RunConfig
+
+METRICS = "metrics.jsonl"
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    taken = [n for n in ("latest", "best", METRICS) if (run_dir / n).exists()]
+    if taken:
+        raise GptlabError(
+            f"run directory {run_dir} already holds a run ({', '.join(taken)}); pass --resume to "
+            "continue it or choose another --train.out_dir (nothing was overwritten)"
+        )
+
+
+# model fields a resumed run may change: they do not change the weights
+RESUMABLE_CHANGES = ("dropout", "attn_backend")
+
+
+def check_same_architecture(stored: dict[str, Any], new: ModelConfig) -> None:
+    new_d = json.loads(json.dumps(to_dict(new)))  # tuples -> lists, as stored
+    changed = [
+        k for k in new_d if k in stored and stored[k] != new_d[k] and k not in RESUMABLE_CHANGES
+    ]
+    if changed:
+        k = changed[0]
+        raise GptlabError(
+            f"--resume cannot change the architecture: model.{k} is {stored[k]} in the checkpoint "
+            f"but {new_d[k]} now; drop that override or start a new --train.out_dir"
+        )
+
+
+def data_tokenizer(data_dir: Path, meta: dict[str, Any], cfg: RunConfig) -> Tokenizer:
+    """The prepared data's tokenizer, checked against the one the config asks for."""
+    try:
+        tok = load_tokenizer(data_dir)
+    except ValueError as e:
+        raise GptlabError(f"prepared data {data_dir}: {e}") from None
+    if tok.vocab_size != meta["vocab_size"]:
+        raise GptlabError(
+            f"{data_dir} holds a tokenizer of {tok.vocab_size} ids but data of vocab "
+            f"{meta['vocab_size']}; delete it and re-run gptlab prepare"
+        )
+    wanted = cfg.data.tokenizer
+    if wanted == "char" and tok.kind != "char" or wanted != "char" and tok.kind == "char":
+        raise GptlabError(
+            f"{cfg.data.dataset} was prepared with a {tok.kind} tokenizer but data.tokenizer is "
+            f"{wanted!r}; pass --data.tokenizer matching the data, or prepare it again"
+        )
+    return tok
+
+
+def check_same_optimizer(stored: dict[str, Any], cfg: RunConfig) -> None:
+    """Optimizer state only fits the optimizer that wrote it."""
+    old = stored.get("optim", {}).get("name", "adamw")
+    new = getattr(cfg.optim, "name", "adamw")
+    if old != new:
+        raise GptlabError(
+            f"--resume cannot switch the optimizer: the checkpoint was trained with {old!r}, "
+            f"not {new!r}; resume with --optim.name {old}, or start a new --train.out_dir"
+        )
+
+
+def check_same_data(stored: dict[str, Any], cfg: RunConfig, meta: dict[str, Any]) -> None:
+    """A resumed run must read data with the vocabulary its checkpoint was trained on."""
+    old_vocab = stored["model"]["vocab_size"]
+    if old_vocab != meta["vocab_size"]:
+        raise GptlabError(
+            f"--resume: the checkpoint was trained with a vocabulary of {old_vocab} ids but "
+            f"{cfg.data.dataset} with tokenizer {cfg.data.tokenizer!r} has {meta['vocab_size']}; "
+            "resume with the data and tokenizer of the original run"
+        )
