@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from gptlab.config import from_dict
@@ -57,13 +57,20 @@ def save(
     optimizer_state: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint directory at `path` atomically (see module docstring)."""
+    """Write a checkpoint directory at `path` atomically (see module docstring).
+
+    `weights` is the full state dict when `model` holds only a shard of it (FSDP, gathered
+    by train/distributed.py); otherwise the weights are read from `model`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        save_model(model, str(tmp / WEIGHTS))  # drops tied duplicates (lm_head == wte)
+        if weights is None:
+            save_model(model, str(tmp / WEIGHTS))  # drops tied duplicates (lm_head == wte)
+        else:
+            _save_full_state(model, weights, tmp / WEIGHTS)
         doc = {"schema_version": SCHEMA_VERSION, "config": config}
         (tmp / CONFIG).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         if optimizer_state is not None:
@@ -82,6 +89,15 @@ def save(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _save_full_state(model: nn.Module, weights: dict[str, torch.Tensor], file: Path) -> None:
+    """Save a gathered state dict as `save_model` would save the whole model: one entry per
+    tied group (the first name, e.g. wte.weight for lm_head.weight), contiguous tensors."""
+    first = {name for name, _ in model.named_parameters()}
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - first
+    tensors = {k: v.contiguous() for k, v in weights.items() if k not in aliases}
+    save_file(tensors, str(file), metadata={"format": "pt"})
 
 
 def snapshot(run_dir: Path, name: str, step: int, keep: int) -> Path:

@@ -1,6 +1,7 @@
 """Runtime: the device and dtypes a run uses, decided once and passed down explicitly.
 
 Parameters stay fp32 (master weights); the compute dtype is what autocast runs matmuls in.
+On CUDA, fp32 matmuls that remain (outside autocast) use TF32 tensor cores.
 'auto' picks bf16 on CUDA GPUs that support it, fp16 on older ones, and on a CPU measures
 whether bf16 matmuls are actually faster than fp32 (true on CPUs with AVX512-BF16 or AMX, where
 they are 4-7x faster; false elsewhere, where bf16 is emulated and slower).
@@ -16,6 +17,8 @@ import time
 
 import torch
 
+from gptlab.seeding import mix_seed
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -26,6 +29,12 @@ class Runtime:
     param_dtype: torch.dtype = torch.float32
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # rank within this node: picks the GPU
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process (launched by torchrun): gradients are averaged across ranks."""
+        return self.world_size > 1
 
     @property
     def is_main_rank(self) -> bool:
@@ -42,9 +51,20 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     def describe(self) -> str:
+        ranks = f", rank {self.rank} of {self.world_size}" if self.distributed else ""
         return (
-            f"device {self.device}, compute dtype {str(self.compute_dtype).removeprefix('torch.')}"
+            f"device {self.device}, compute dtype "
+            f"{str(self.compute_dtype).removeprefix('torch.')}{ranks}"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Where this process sits in a torchrun job (torchrun's RANK, LOCAL_RANK, WORLD_SIZE)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
 
 
 def pick_device(requested: str) -> torch.device:
@@ -100,9 +120,47 @@ def pick_compute_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def make_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+def make_runtime(
+    device: str = "auto", dtype: str = "auto", launch: Launch | None = None
+) -> Runtime:
+    """The Runtime for this process. Under torchrun (`launch.world_size > 1`) it also joins the
+    process group (NCCL on GPUs, gloo on CPUs; torchrun's MASTER_ADDR/PORT say where) and takes
+    GPU `local_rank` of its node."""
+    launch = launch or Launch()
     dev = pick_device(device)
-    return Runtime(device=dev, compute_dtype=pick_compute_dtype(dtype, dev))
+    if dev.type == "cuda":
+        if launch.world_size > 1:
+            dev = torch.device("cuda", launch.local_rank)
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    if launch.world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(
+            backend, rank=launch.rank, world_size=launch.world_size
+        )
+    return Runtime(
+        device=dev,
+        compute_dtype=pick_compute_dtype(dtype, dev),
+        rank=launch.rank,
+        world_size=launch.world_size,
+        local_rank=launch.local_rank,
+    )
+
+
+def close_runtime(runtime: Runtime) -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if runtime.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def seed_micro_batch(seed: int, index: int) -> None:
+    """Reseed dropout (and any other global-RNG use) for global micro-batch `index`.
+
+    The randomness of micro-batch i is then a function of (seed, i) alone, whichever rank runs
+    it and however many ranks there are: 2 ranks x 1 micro-batch equals 1 rank x 2, and a
+    resumed run, on any world size, draws what the uninterrupted run would have drawn."""
+    torch.manual_seed(mix_seed(seed, 0x6D6963, index))
 
 
 def seed_everything(seed: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import tyro
 
 from gptlab.data.registry import Locations
+from gptlab.runtime import Launch
 
 T = TypeVar("T")
 
@@ -30,13 +31,39 @@ class UsageError(Exception):
     """A command-line or config mistake: printed as one line, exit status 2."""
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Progress lines on stdout; `quiet` (ranks other than 0 of torchrun) keeps warnings only."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         stream=sys.stdout,
         force=True,
     )
+
+
+def torchrun_launch() -> Launch:
+    """This process's place in a torchrun job, from the RANK, LOCAL_RANK and WORLD_SIZE that
+    torchrun sets (a single process when they are absent)."""
+    try:
+        return Launch(
+            rank=int(os.environ.get("RANK", "0")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        )
+    except ValueError:
+        raise UsageError(
+            "RANK, LOCAL_RANK or WORLD_SIZE is set but not an integer; launch with torchrun or "
+            "unset them"
+        ) from None
+
+
+def rank_prefix() -> str:
+    """'[rank R] ' for messages of a multi-process torchrun job, else ''."""
+    try:
+        launch = torchrun_launch()
+    except UsageError:
+        return ""
+    return f"[rank {launch.rank}] " if launch.world_size > 1 else ""
 
 
 def locations() -> Locations:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from gptlab.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError
+from gptlab.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError, rank_prefix
 from gptlab.errors import GptlabError
 
 VERBS = {
@@ -28,6 +28,12 @@ def _usage() -> str:
     return f"usage: gptlab <verb> [options]   (gptlab <verb> --help for its options)\n\n{rows}\n"
 
 
+def _error_line(message: str) -> None:
+    """One write, so lines of several torchrun ranks do not interleave mid-line."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -38,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return EXIT_USAGE
     module = importlib.import_module(VERBS[verb][0])
+    prefix = rank_prefix()
     try:
         return module.run(rest)
     except (UsageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error_line(f"{prefix}error: {e}")
         return EXIT_USAGE
     except GptlabError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error_line(f"{prefix}error: {e}")
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,10 +17,10 @@ import torch
 import tyro
 
 from gptlab import checkpoint
-from gptlab.cli.common import locations, parse, setup_logging
+from gptlab.cli.common import locations, parse, setup_logging, torchrun_launch
 from gptlab.config import from_dict, load_file, merge, to_dict
 from gptlab.presets import get_preset
-from gptlab.runtime import make_runtime
+from gptlab.runtime import close_runtime, make_runtime
 from gptlab.train.config import RunConfig
 from gptlab.train.loop import train
 
@@ -82,14 +82,21 @@ def build_config(argv: list[str]) -> tuple[RunConfig, bool, str]:
 
 def run(argv: list[str]) -> int:
     cfg, resume, note = build_config(argv)
-    setup_logging()
-    print(note)
-    for section, values in to_dict(cfg).items():
-        print(f"  {section}: {json.dumps(values)}")
-    runtime = make_runtime(cfg.train.device, cfg.train.dtype)
-    result = train(cfg, runtime, locations(), resume=resume)
-    print(
-        f"best val loss {result.best_val_loss:.4f} in {result.elapsed_s:.1f}s; "
-        f"checkpoints in {result.run_dir} (sample with: gptlab sample {result.run_dir})"
-    )
+    launch = torchrun_launch()  # a single process unless started by torchrun
+    main_rank = launch.rank == 0
+    setup_logging(quiet=not main_rank)
+    if main_rank:
+        print(note)
+        for section, values in to_dict(cfg).items():
+            print(f"  {section}: {json.dumps(values)}")
+    runtime = make_runtime(cfg.train.device, cfg.train.dtype, launch)
+    try:
+        result = train(cfg, runtime, locations(), resume=resume)
+    finally:
+        close_runtime(runtime)
+    if main_rank:
+        print(
+            f"best val loss {result.best_val_loss:.4f} in {result.elapsed_s:.1f}s; "
+            f"checkpoints in {result.run_dir} (sample with: gptlab sample {result.run_dir})"
+        )
     return 0

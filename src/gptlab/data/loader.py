@@ -23,13 +23,10 @@ import numpy as np
 import torch
 
 from gptlab.data.shards import TokenShards
+from gptlab.seeding import hash_indices
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 LoaderKind = Literal["random", "packed", "sequential"]
-
-
-def _rank_seed(seed: int, rank: int) -> int:
-    return seed + 1_000_003 * rank  # rank 0 keeps the plain seed (single-process runs)
 
 
 def _starts_mask(data: TokenShards, shard: np.ndarray, begin: np.ndarray, T: int) -> torch.Tensor:
@@ -48,7 +45,16 @@ def _to_batch(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RandomWindowLoader:
-    """B windows of T+1 tokens at uniformly random offsets (nanoGPT's get_batch)."""
+    """B windows of T+1 tokens at uniformly random offsets (nanoGPT's get_batch).
+
+    Sequence j of the run (counted over all ranks) starts at an offset hashed from (seed, j),
+    and each micro-batch takes the next B sequences, rank r of W the r-th B of the next W B.
+    So the data depends only on how many sequences the run has consumed: 1 batch of 8 = 2
+    micro-batches of 4 = 2 ranks x 4, and a run resumed on another number of ranks continues
+    the same stream.
+    """
+
+    world_size_independent = True  # the state means the same for any number of ranks
 
     def __init__(
         self,
@@ -60,27 +66,33 @@ class RandomWindowLoader:
         world_size: int = 1,
         with_doc_starts: bool = False,
     ) -> None:
-        self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
+        self.data, self.seed = data, seed
+        self.rank, self.world_size = rank, world_size
         self.with_doc_starts = with_doc_starts
-        sizes = np.array([len(s) for s in data.shards], dtype=np.int64)  # (S,)
-        self._lo = sizes * rank // world_size  # this rank's slice of each shard
-        hi = sizes * (rank + 1) // world_size
-        self._valid = np.maximum(hi - self._lo - seq_len, 0)  # window starts per shard
+        self.consumed = 0  # sequences drawn so far by all ranks together
+        self.set_shape(batch_size, seq_len)
+
+    def set_shape(self, batch_size: int, seq_len: int) -> None:
+        """Draw (batch_size, seq_len) batches from now on (staged training)."""
+        self.batch_size, self.seq_len = batch_size, seq_len
+        sizes = np.array([len(s) for s in self.data.shards], dtype=np.int64)  # (S,)
+        self._valid = np.maximum(sizes - seq_len, 0)  # window starts per shard
         self._cum = np.cumsum(self._valid)
         if self._cum[-1] <= 0:
             raise ValueError(
-                f"only {int((hi - self._lo).max())} tokens per rank, fewer than one training "
-                f"window of seq_len + 1 = {seq_len + 1}; use more text or a smaller "
-                "--model.seq_len"
+                f"no shard holds one training window of seq_len + 1 = {seq_len + 1} tokens; "
+                "use more text or a smaller --model.seq_len"
             )
-        self.generator = torch.Generator().manual_seed(_rank_seed(seed, rank))
         self._offsets = np.arange(seq_len + 1)  # (T+1,)
 
     def next_batch(self) -> Batch:
-        idx = torch.randint(int(self._cum[-1]), (self.batch_size,), generator=self.generator)
-        idx = idx.numpy()  # (B,) index over all valid starts of this rank
+        B = self.batch_size
+        first = self.consumed + self.rank * B
+        self.consumed += self.world_size * B
+        sequences = np.arange(first, first + B)  # (B,) global sequence numbers
+        idx = (hash_indices(self.seed, sequences) % np.uint64(self._cum[-1])).astype(np.int64)
         shard = np.searchsorted(self._cum, idx, side="right")  # (B,)
-        start = self._lo[shard] + idx - (self._cum[shard] - self._valid[shard])  # (B,)
+        start = idx - (self._cum[shard] - self._valid[shard])  # (B,)
         if len(self.data.shards) == 1:
             rows = self.data.shards[0][start[:, None] + self._offsets]  # (B, T+1)
         else:
@@ -97,18 +109,27 @@ class RandomWindowLoader:
         return x, y, starts
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"seed": self.seed, "consumed": self.consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        if "consumed" not in state:
+            raise ValueError(
+                "this checkpoint's loader state is from an older gptlab (a generator state, "
+                "not a sequence count) and cannot continue the same data stream"
+            )
+        self.seed, self.consumed = state["seed"], state["consumed"]
 
 
 class SequentialLoader:
     """Consecutive windows, shard after shard: every token once per epoch, in corpus order.
 
-    Each step covers W·B·T consecutive tokens and rank r takes the r-th B·T of them, so ranks
-    read disjoint data. A shard's tail shorter than a whole step is skipped.
+    The corpus is read as a stream of blocks of B·T(+1) tokens; rank r of W takes blocks r,
+    r + W, ... of it, so ranks read disjoint data, and the position (epoch, shard, offset) is
+    the same on every rank and means the same for any W. A shard's tail shorter than a block
+    is skipped.
     """
+
+    world_size_independent = True
 
     def __init__(
         self,
@@ -120,32 +141,48 @@ class SequentialLoader:
         world_size: int = 1,
         with_doc_starts: bool = False,
     ) -> None:
-        self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
+        self.data = data
         self.rank, self.world_size = rank, world_size
         self.with_doc_starts = with_doc_starts
-        self.step_tokens = world_size * batch_size * seq_len
-        if max(len(s) for s in data.shards) < self.step_tokens + 1:
-            raise ValueError(
-                f"no shard holds one step of {self.step_tokens + 1} tokens (world size x batch "
-                "x seq_len + 1); use more text or a smaller batch or --model.seq_len"
-            )
+        self.set_shape(batch_size, seq_len)
         self.epoch, self.shard, self.pos = 0, 0, 0
 
-    def next_batch(self) -> Batch:
-        while self.pos + self.step_tokens + 1 > len(self.data.shards[self.shard]):
+    def set_shape(self, batch_size: int, seq_len: int) -> None:
+        """Read (batch_size, seq_len) blocks from the current position on (staged training)."""
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.block = batch_size * seq_len
+        if max(len(s) for s in self.data.shards) < self.block + 1:
+            raise ValueError(
+                f"no shard holds one block of batch x seq_len + 1 = {self.block + 1} tokens; "
+                "use more text or a smaller batch or --model.seq_len"
+            )
+
+    def _fit(self) -> None:
+        """Skip to the next shard (wrapping to a new epoch) until a whole block fits at pos."""
+        while self.pos + self.block + 1 > len(self.data.shards[self.shard]):
             self.shard, self.pos = self.shard + 1, 0
             if self.shard == len(self.data.shards):
                 self.shard, self.epoch = 0, self.epoch + 1
+
+    def _advance(self) -> None:
+        self.pos += self.block
+        self._fit()
+
+    def next_batch(self) -> Batch:
+        self._fit()  # a tail shard, or a larger block after set_shape
+        for _ in range(self.rank):  # this rank's block among the next W
+            self._advance()
+        shard, begin = self.shard, self.pos
+        for _ in range(self.world_size - self.rank):
+            self._advance()
         B, T = self.batch_size, self.seq_len
-        begin = self.pos + self.rank * B * T
-        block = np.asarray(self.data.shards[self.shard][begin : begin + B * T + 1])
-        self.pos += self.step_tokens
+        block = np.asarray(self.data.shards[shard][begin : begin + B * T + 1])
         rows = np.lib.stride_tricks.sliding_window_view(block, T + 1)[::T]  # (B, T+1)
         x, y = _to_batch(rows)
         starts = None
         if self.with_doc_starts:
             first = begin + np.arange(B) * T
-            starts = _starts_mask(self.data, np.full(B, self.shard), first, T)
+            starts = _starts_mask(self.data, np.full(B, shard), first, T)
         return x, y, starts
 
     def state_dict(self) -> dict[str, Any]:
@@ -156,7 +193,13 @@ class SequentialLoader:
 
 
 class PackedLoader:
-    """BOS-aligned best-fit packing of whole documents into rows of T+1 tokens (module doc)."""
+    """BOS-aligned best-fit packing of whole documents into rows of T+1 tokens (module doc).
+
+    Rank r of W packs documents r, r + W, ...: its state (buffer, cursor) belongs to that split,
+    so a packed run resumes only on the same number of ranks.
+    """
+
+    world_size_independent = False
 
     def __init__(
         self,
@@ -195,6 +238,9 @@ class PackedLoader:
             self._order = self._permutation(self.epoch)
         shard, a, b = (int(v) for v in self.data.docs[self._order[self.cursor]])
         self.cursor += 1
+        self._add_piece(shard, a, b)
+
+    def _add_piece(self, shard: int, a: int, b: int) -> None:
         R = self.seq_len + 1
         while b - a > R:  # a long document gives whole rows first
             self.ready.append((shard, a, a + R))
@@ -202,6 +248,15 @@ class PackedLoader:
         if b - a >= 2:  # a 1-token remainder is no training example
             bisect.insort(self.buffer, (b - a, self.seq, shard, a, b))
             self.seq += 1
+
+    def set_shape(self, batch_size: int, seq_len: int) -> None:
+        """Pack rows of seq_len + 1 from now on (staged training): whole rows already cut from
+        long documents are cut again at the new length."""
+        self.batch_size = batch_size
+        if seq_len != self.seq_len:
+            self.seq_len, ready, self.ready = seq_len, self.ready, []
+            for piece in ready:
+                self._add_piece(*piece)
 
     def _row(self) -> list[tuple[int, int, int]]:
         """Pieces (shard, a, b) filling one row of exactly T+1 tokens."""
@@ -243,6 +298,8 @@ class PackedLoader:
     def state_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
+            "batch_size": self.batch_size,  # ready rows were cut at this shape
+            "seq_len": self.seq_len,
             "epoch": self.epoch,
             "cursor": self.cursor,
             "seq": self.seq,
@@ -253,6 +310,8 @@ class PackedLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed, self.epoch = state["seed"], state["epoch"]
+        self.batch_size = state.get("batch_size", self.batch_size)
+        self.seq_len = state.get("seq_len", self.seq_len)
         self.cursor, self.seq = state["cursor"], state["seq"]
         self.dropped_tokens = state["dropped_tokens"]
         self.buffer = [tuple(p) for p in state["buffer"]]

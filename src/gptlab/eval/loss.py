@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -33,17 +34,27 @@ def evaluate(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     token_bytes: torch.Tensor | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """{"loss": mean next-token CE, "bpb": bits per byte (if token_bytes given)} over `batches`,
-    in eval mode (dropout off); restores the mode. token_bytes: (V,) UTF-8 length of each id."""
+    in eval mode (dropout off); restores the mode. token_bytes: (V,) UTF-8 length of each id.
+
+    With `world_size` > 1 (an initialised process group) rank r evaluates batches r, r + W, ...
+    and the sums are added across ranks, so every rank returns the result for all batches.
+    Every rank runs the same number of forward passes (a rank short of one repeats a batch
+    and does not count it), as FSDP's collectives need."""
     was_training = model.training
     model.eval()
     ce_sum = torch.zeros((), device=device, dtype=torch.float64)
     bpb_nats = torch.zeros((), device=device, dtype=torch.float64)
     n_bytes = torch.zeros((), device=device, dtype=torch.float64)
-    n_tokens = 0
+    n_tokens = torch.zeros((), device=device, dtype=torch.float64)
     lengths = token_bytes.to(device) if token_bytes is not None else None
-    for x, y, starts in batches:
+    rounds = -(-len(batches) // world_size)
+    for i in range(rank, rounds * world_size, world_size):
+        weight = 1.0 if i < len(batches) else 0.0  # 0: a padding pass that only keeps step
+        x, y, starts = batches[min(i, len(batches) - 1)]
         x, y = x.to(device), y.to(device)  # (B, T)
         B, T = x.shape
         rows = max(1, LOGITS_BUDGET_BYTES // max(1, T * _vocab(model) * 4))
@@ -54,16 +65,20 @@ def evaluate(
             ce = F.cross_entropy(
                 logits.float().flatten(0, 1), y[r : r + rows].flatten(), reduction="none"
             )  # (b*T,)
-            ce_sum += ce.sum(dtype=torch.float64)
+            ce_sum += weight * ce.sum(dtype=torch.float64)
             if lengths is not None:
                 nb = lengths[y[r : r + rows].flatten()]  # (b*T,)
-                bpb_nats += (ce * (nb > 0)).sum(dtype=torch.float64)
-                n_bytes += nb.sum(dtype=torch.float64)
-        n_tokens += B * T
+                bpb_nats += weight * (ce * (nb > 0)).sum(dtype=torch.float64)
+                n_bytes += weight * nb.sum(dtype=torch.float64)
+        n_tokens += weight * B * T
     model.train(was_training)
-    out = {"loss": ce_sum.item() / max(1, n_tokens)}
+    sums = torch.stack([ce_sum, bpb_nats, n_bytes, n_tokens])
+    if world_size > 1:
+        dist.all_reduce(sums)
+    ce_total, nats, total_bytes, tokens = sums.tolist()
+    out = {"loss": ce_total / max(1.0, tokens)}
     if lengths is not None:
-        out["bpb"] = bpb_nats.item() / (math.log(2) * max(1.0, n_bytes.item()))
+        out["bpb"] = nats / (math.log(2) * max(1.0, total_bytes))
     return out
 
 

@@ -26,9 +26,12 @@ FUSED_DEVICES = ("cpu", "cuda", "mps")
 
 
 def build_optimizer(
-    named_params: Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    cfg: OptimConfig,
+    compile_orthogonalize: bool = False,
 ) -> torch.optim.Optimizer:
-    """The optimizer `cfg` asks for, over the trainable parameters (see module docstring)."""
+    """The optimizer `cfg` asks for, over the trainable parameters (see module docstring).
+    `compile_orthogonalize` compiles Muon's orthogonalisation with torch.compile."""
     split = split_params(named_params, cfg.name)
     groups = []
     for name, pairs in split.items():
@@ -60,4 +63,4 @@ def build_optimizer(
         "ns_steps": cfg.muon_ns_steps,
         "cautious_wd": cfg.cautious_wd,
     }
-    return MuonAdamW(groups, defaults)
+    return MuonAdamW(groups, defaults, compile_orthogonalize=compile_orthogonalize)

@@ -16,6 +16,11 @@ The math lives in small pure functions; `MuonAdamW.step` only loops over groups 
 the update direction; the cautious variant (Chen et al. 2025) masks the decay term to coordinates
 where u and p share a sign. GradScaler works with it as with any optimizer: it unscales the
 gradients in `param_groups` and skips `step()` on inf/nan.
+
+Under FSDP a weight, its gradient and its momentum are DTensor shards. The momentum update is
+elementwise, so it runs on the shard; orthogonalisation needs the whole matrix, so the
+direction is all-gathered, orthogonalised (the same on every rank) and each rank keeps its
+own rows of the result.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from gptlab.optim.orthogonalize import orthogonalize
 
@@ -57,11 +63,19 @@ def muon_update(
     method: str,
     steps: int,
     dtype: torch.dtype | None = None,
+    orthogonalize_fn: Callable[..., torch.Tensor] = orthogonalize,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(new momentum buffer, Muon update direction of RMS ~0.2) for one matrix or expert stack."""
+    """(new momentum buffer, Muon update direction of RMS ~0.2) for one matrix or expert stack
+    (either a plain tensor or an FSDP DTensor shard)."""
     new_buf, direction = momentum_direction(grad, buf, momentum, nesterov)
-    ortho = orthogonalize(direction, method, steps, dtype).to(grad.dtype)
-    return new_buf, ortho * muon_scale(grad.shape)
+    if isinstance(direction, DTensor):  # gather the whole matrix, keep this rank's shard
+        full = orthogonalize_fn(direction.full_tensor(), method, steps, dtype)
+        ortho = distribute_tensor(
+            full, direction.device_mesh, direction.placements, src_data_rank=None
+        )
+    else:
+        ortho = orthogonalize_fn(direction, method, steps, dtype)
+    return new_buf, ortho.to(grad.dtype) * muon_scale(grad.shape)
 
 
 def adamw_update(
@@ -101,11 +115,21 @@ class MuonAdamW(torch.optim.Optimizer):
     exp_avg and exp_avg_sq per AdamW tensor.
     """
 
-    def __init__(self, param_groups: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        param_groups: list[dict[str, Any]],
+        defaults: dict[str, Any],
+        compile_orthogonalize: bool = False,
+    ) -> None:
         for group in param_groups:
             if group.get("kind") not in ("muon", "adamw"):
                 raise ValueError(f"group {group.get('name')!r} needs kind 'muon' or 'adamw'")
         super().__init__(param_groups, defaults)
+        # torch.compile fuses the Newton-Schulz / Polar Express iteration (one graph per
+        # matrix shape; method, steps and dtype are fixed per group, so nothing recompiles)
+        self.orthogonalize_fn = (
+            torch.compile(orthogonalize) if compile_orthogonalize else orthogonalize
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -139,6 +163,7 @@ class MuonAdamW(torch.optim.Optimizer):
             method=group["orthogonalizer"],
             steps=group["ns_steps"],
             dtype=dtype,
+            orthogonalize_fn=self.orthogonalize_fn,
         )
         return direction
 

@@ -50,6 +50,19 @@ class TrainConfig:
     """Compute dtype under autocast; 'auto' = bf16 where fast, else fp32. Weights stay fp32."""
     compile: bool = False
     """Compile the model with torch.compile (a win on GPUs; little or none on CPUs)."""
+    compile_scope: Literal["model", "blocks"] = "model"
+    """What --train.compile compiles: the whole model (fuses most, compiles slowest) or each
+    transformer block on its own (identical blocks share one compiled graph: much faster to
+    compile; FSDP always uses blocks)."""
+    compile_optimizer: bool = False
+    """Compile Muon's orthogonalisation (its costly part; AdamW is already one fused kernel)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """With torchrun: ddp keeps a full replica per rank; fsdp (FSDP2) shards weights, gradients
+    and optimizer state across ranks, for models that do not fit one device."""
+    stages: tuple[str, ...] = ()
+    """Staged training: 'STEP:key=value,...' entries, each changing from optimizer step STEP on
+    any of seq_len, batch_size, grad_accum_steps, global_batch_size, global_batch_tokens,
+    e.g. --train.stages 0:seq_len=128 1000:seq_len=256,batch_size=32 (docs/training.md)."""
     out_dir: str = "runs/default"
     """Run directory: config.json, metrics.jsonl and the latest/ and best/ checkpoints."""
     save_checkpoints: bool = True
@@ -98,6 +111,11 @@ class TrainConfig:
                 )
         if len(set(self.loggers)) != len(self.loggers):
             raise ValueError(f"train.loggers {self.loggers} names a logger twice; list each once")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"train.strategy {self.strategy!r} must be ddp or fsdp")
+        if self.compile_scope not in ("model", "blocks"):
+            raise ValueError(f"train.compile_scope {self.compile_scope!r} must be model or blocks")
+        parse_stages(self.stages)  # ValueError on a malformed entry
         if self.wandb_mode not in ("offline", "online"):
             raise ValueError(f"train.wandb_mode {self.wandb_mode!r} must be offline or online")
         if not self.wandb_project.strip():
@@ -125,10 +143,70 @@ class TrainConfig:
             return self.global_batch_size // per_micro
         return self.grad_accum_steps
 
+    def shape_at(self, step: int, seq_len: int, world_size: int) -> tuple[int, int, int]:
+        """(micro-batch size, context length, micro-batches per step) for optimizer step
+        `step` (0-based), after the stages that have begun; ValueError when uneven."""
+        active = {}
+        for start, overrides in parse_stages(self.stages):
+            if start <= step:
+                active |= overrides
+        T = active.pop("seq_len", seq_len)
+        if "global_batch_size" in active or "global_batch_tokens" in active:
+            active.setdefault("global_batch_size", 0)
+            active.setdefault("global_batch_tokens", 0)
+        stage = dataclasses.replace(self, stages=(), **active) if active else self
+        return stage.batch_size, T, stage.accumulation(T, world_size)
+
+    def stage_starts(self) -> list[int]:
+        """Steps at which a stage begins."""
+        return [start for start, _ in parse_stages(self.stages)]
+
     @property
     def sequences_per_step(self) -> int:
         """Sequences per optimizer step (multiply by seq_len for tokens)."""
         return self.batch_size * self.grad_accum_steps
+
+
+STAGE_KEYS = (
+    "seq_len",
+    "batch_size",
+    "grad_accum_steps",
+    "global_batch_size",
+    "global_batch_tokens",
+)
+
+
+def parse_stages(stages: tuple[str, ...]) -> list[tuple[int, dict[str, int]]]:
+    """'STEP:key=value,key=value' entries -> [(step, {key: value})], sorted by step."""
+    out: list[tuple[int, dict[str, int]]] = []
+    for entry in stages:
+        step, sep, body = entry.partition(":")
+        try:
+            if not sep or not body:
+                raise ValueError
+            pairs = [item.split("=") for item in body.split(",")]
+            overrides = {k.strip(): int(v) for k, v in pairs}
+            start = int(step)
+        except ValueError:
+            raise ValueError(
+                f"train.stages entry {entry!r} is not STEP:key=value[,key=value], "
+                "e.g. 1000:seq_len=256,batch_size=32"
+            ) from None
+        unknown = sorted(set(overrides) - set(STAGE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"train.stages entry {entry!r} sets {unknown[0]!r}; a stage can set "
+                + ", ".join(STAGE_KEYS)
+            )
+        if start < 0 or any(
+            v < 0 or (v == 0 and not k.startswith("global")) for k, v in overrides.items()
+        ):
+            raise ValueError(f"train.stages entry {entry!r} has a negative or zero value")
+        out.append((start, overrides))
+    starts = [s for s, _ in out]
+    if len(set(starts)) != len(starts):
+        raise ValueError(f"train.stages {stages} starts two stages at the same step; merge them")
+    return sorted(out, key=lambda item: item[0])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -142,6 +220,13 @@ class RunConfig:
     sample: SampleConfig = SampleConfig()
 
     def __post_init__(self) -> None:
+        for _, overrides in parse_stages(self.train.stages):
+            if overrides.get("seq_len", 0) > self.model.seq_len:
+                raise ValueError(
+                    f"train.stages sets seq_len {overrides['seq_len']}, longer than "
+                    f"model.seq_len {self.model.seq_len} (the longest context the model has); "
+                    "raise --model.seq_len or shorten the stage"
+                )
         if self.optim.warmup_steps > self.train.max_steps:
             raise ValueError(
                 f"optim.warmup_steps {self.optim.warmup_steps} exceeds train.max_steps "

@@ -1,11 +1,16 @@
-"""The training loop: data -> model -> AdamW steps, with evaluation, logging and checkpoints.
+"""The training loop: data -> model -> optimizer steps, with evaluation, logging and checkpoints.
 
-One function, `train(cfg, runtime, locations)`, runs a whole job. Each optimizer step
-accumulates `grad_accum_steps` micro-batches, clips the global gradient norm, sets the LR from
-the schedule and steps AdamW. Every `eval_interval` steps (and after the last) it measures the
-loss on fixed train and val batches, appends to metrics.jsonl and writes `latest/` (and `best/`
-on a new best val loss). Resuming restores model, optimizer, grad scaler, loader and RNG state,
-so on a CPU a resumed run repeats an uninterrupted one loss for loss.
+One function, `train(cfg, runtime, locations)`, runs a whole job, on one process or on every
+rank of a torchrun job (train/distributed.py). Each optimizer step accumulates micro-batches
+(gradients are averaged across ranks on the last one), clips the global gradient norm, sets
+lr, weight decay and momentum from the schedule and steps the optimizer. Every
+`eval_interval` steps (and after the last) it measures the loss on fixed train and val batches,
+appends to metrics.jsonl and writes `latest/` (and `best/` on a new best val loss).
+
+Exactness: micro-batch i of the run (counted over all ranks) gets its data and its dropout
+randomness from (seed, i) alone. Resuming restores model, optimizer, schedule position, grad
+scaler, loader position and each rank's RNG state, so on a CPU a resumed run repeats an
+uninterrupted one loss for loss, and W ranks x A micro-batches match 1 rank x W A.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from gptlab import checkpoint
 from gptlab.config import from_dict, to_dict
+from gptlab.data.config import DataConfig
 from gptlab.data.loader import build_loader, fixed_batches
 from gptlab.data.prepare import prepare
 from gptlab.data.registry import Locations
@@ -30,11 +36,12 @@ from gptlab.data.shards import load_meta, open_split
 from gptlab.errors import GptlabError
 from gptlab.eval.loss import evaluate
 from gptlab.model.accounting import count_params, flops_per_token
+from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import apply_schedule
-from gptlab.runtime import Runtime, seed_everything
-from gptlab.train import checks
+from gptlab.runtime import Runtime, seed_everything, seed_micro_batch
+from gptlab.train import checks, distributed
 from gptlab.train.config import RunConfig
 from gptlab.train.health import HealthMonitor, peak_flops, peak_memory_gb
 from gptlab.train.loggers import build_loggers, close_loggers
@@ -79,6 +86,62 @@ def _rewrite_metrics_until(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+def _check_parallel(cfg: RunConfig, runtime: Runtime) -> None:
+    """Refuse what cannot run on this set of processes, before any work."""
+    tc = cfg.train
+    if tc.strategy == "fsdp" and not runtime.distributed:
+        raise GptlabError(
+            "--train.strategy fsdp shards the model across processes, but this is a single "
+            "process; launch with torchrun --nproc_per_node N (N >= 2) or use --train.strategy ddp"
+        )
+    if tc.strategy == "fsdp" and runtime.needs_grad_scaler:
+        raise GptlabError(
+            "--train.strategy fsdp does not support float16 loss scaling; use --train.dtype "
+            "bfloat16 (or float32)"
+        )
+    for step in [0, *tc.stage_starts()]:
+        try:
+            tc.shape_at(step, cfg.model.seq_len, runtime.world_size)
+        except ValueError as e:
+            where = f" (in the stage from step {step})" if step else ""
+            raise GptlabError(f"{e}{where}") from None
+
+
+def _prepare_data(data_cfg: DataConfig, locations: Locations, runtime: Runtime) -> Path:
+    """Tokenize once: rank 0 prepares (or finds) the shards while the others wait, then reuse."""
+    if runtime.is_main_rank:
+        data_dir = prepare(data_cfg, locations, progress=True)
+    distributed.barrier(runtime)
+    if not runtime.is_main_rank:
+        data_dir = prepare(data_cfg, locations)  # finds rank 0's shards (a shared filesystem)
+    return data_dir
+
+
+def _compile(model: GPT, scope: str) -> None:
+    """torch.compile in place (nn.Module.compile): parameter names, hence checkpoints, keep no
+    `_orig_mod.` prefix."""
+    if scope == "blocks":
+        for block in [*model.blocks, *model.mtp]:
+            block.compile()
+    else:
+        model.compile()
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
+
+
+def _oom_message(step: int, B: int, T: int) -> str:
+    return (
+        f"out of memory in training step {step + 1} with a micro-batch of {B} sequences x {T} "
+        f"tokens; lower --train.batch_size (set --train.global_batch_size to keep the batch per "
+        "step through more accumulation), turn on --train.activation_checkpointing, or train a "
+        "smaller model or --model.seq_len"
+    )
+
+
 def train(
     cfg: RunConfig,
     runtime: Runtime,
@@ -93,7 +156,8 @@ def train(
     t_start = time.perf_counter()
     tc, run_dir = cfg.train, Path(cfg.train.out_dir)
     ckpt_latest = run_dir / "latest"
-    accum = tc.accumulation(cfg.model.seq_len, runtime.world_size)  # ValueError if uneven
+    W, rank = runtime.world_size, runtime.rank
+    _check_parallel(cfg, runtime)
 
     stored_cfg = None
     if resume:
@@ -107,7 +171,7 @@ def train(
         checks.check_fresh_run_dir(run_dir)
 
     # Data first: the tokenizer fixes the vocabulary size of the model.
-    data_dir = prepare(cfg.data, locations, progress=True)
+    data_dir = _prepare_data(cfg.data, locations, runtime)
     meta = load_meta(data_dir)
     tok = checks.data_tokenizer(data_dir, meta, cfg)
     if meta["vocab_size"] != cfg.model.vocab_size:
@@ -127,15 +191,16 @@ def train(
                 f"one window of model.seq_len + 1 = {T + 1}; use more text or a smaller "
                 "--model.seq_len"
             )
+    B0, T0, _ = tc.shape_at(0, T, W)
     try:
         loader = build_loader(
             cfg.data.loader,
             train_data,
-            tc.batch_size,
-            T,
+            B0,
+            T0,
             seed=tc.seed,
-            rank=runtime.rank,
-            world_size=runtime.world_size,
+            rank=rank,
+            world_size=W,
             with_doc_starts=cfg.model.doc_mask,
         )
     except ValueError as e:
@@ -148,43 +213,64 @@ def train(
     }
     token_bytes = torch.from_numpy(tok.token_bytes()).long()  # (V,) for bits per byte
 
-    seed_everything(tc.seed)
+    seed_everything(tc.seed)  # the same initial weights on every rank
     model = GPT(cfg.model).to(runtime.device)
-    if tc.activation_checkpointing:
-        enable_activation_checkpointing(model)
-    health = HealthMonitor(max_bad_steps=tc.max_bad_steps)
-    optimizer = build_optimizer(model.named_parameters(), cfg.optim)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
-    start_step, best_val = 0, math.inf
+    state: dict[str, Any] = {}
     if resume:
         checkpoint.load_weights(model, ckpt_latest)
         opt_state = checkpoint.load_pt(ckpt_latest, checkpoint.OPTIMIZER)
         state = checkpoint.load_pt(ckpt_latest, checkpoint.STATE)
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if tc.compile:
+        scope = "blocks" if runtime.distributed and tc.strategy == "fsdp" else tc.compile_scope
+        _compile(model, scope)
+    wrapped = distributed.wrap_model(model, tc.strategy, runtime)  # DDP, or FSDP in place
+    health = HealthMonitor(max_bad_steps=tc.max_bad_steps)
+    optimizer = build_optimizer(
+        model.named_parameters(), cfg.optim, compile_orthogonalize=tc.compile_optimizer
+    )
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
+    start_step, best_val, micro_seen, tokens_seen = 0, math.inf, 0, 0
+    if resume:
         try:
-            optimizer.load_state_dict(opt_state)
-        except (ValueError, KeyError) as e:
+            distributed.load_optimizer_state(model, optimizer, opt_state)
+        except (ValueError, KeyError, RuntimeError) as e:
             raise GptlabError(
                 f"optimizer state in {ckpt_latest} does not fit this model ({e})"
             ) from None
         scaler.load_state_dict(state["scaler"])
         health.load_state_dict(state.get("health", {}))
-        if state["loader"].get("kind", "random") != cfg.data.loader:
-            raise GptlabError(
-                f"--resume cannot change data.loader: the checkpoint used "
-                f"{state['loader'].get('kind', 'random')!r}; drop the override"
-            )
-        loader.load_state_dict(state["loader"])
-        _set_rng_state(state["rng"], runtime)
+        _restore_loader(loader, state, cfg.data.loader, runtime)
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rng) == W:  # each rank's own generators; micro-batches reseed anyway
+            _set_rng_state(rng[rank], runtime)
         start_step, best_val = state["step"], state["best_val_loss"]
-        _rewrite_metrics_until(run_dir / METRICS, start_step)
+        saved_world = state.get("world_size", 1)
+        saved_micro = start_step * tc.shape_at(0, T, saved_world)[2] * saved_world  # older files
+        micro_seen = state.get("micro_batches", saved_micro)
+        tokens_seen = state.get("tokens", saved_micro * B0 * T0)
+        if saved_world != W:
+            log.info("resuming a %d-process run on %d processes", saved_world, W)
+        before, (B1, _, accum1) = state.get("sequences_per_step"), tc.shape_at(start_step, T, W)
+        if before is not None and before != B1 * accum1 * W:
+            log.warning(
+                "the global batch changes from %d to %d sequences per step on resume; set "
+                "--train.global_batch_size %d to keep it",
+                before,
+                B1 * accum1 * W,
+                before,
+            )
+        if runtime.is_main_rank:
+            _rewrite_metrics_until(run_dir / METRICS, start_step)
         log.info("resumed from %s at step %d", ckpt_latest, start_step)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_dict = to_dict(cfg)
-    (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-    fwd_model = torch.compile(model) if tc.compile else model
+    if runtime.is_main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     counts = count_params(model)
-    tokens_per_step = accum * tc.batch_size * runtime.world_size * T
+    _, _, accum0 = tc.shape_at(start_step, T, W)
     active = f" ({counts.active / 1e6:.2f}M active)" if counts.active != counts.total else ""
     log.info(
         "model: %.2fM parameters%s, %.2f MFLOPs/token (train) | %s | %d tokens/step",
@@ -192,17 +278,9 @@ def train(
         active,
         flops_per_token(cfg.model) / 1e6,
         runtime.describe(),
-        tokens_per_step,
+        accum0 * B0 * W * T0,
     )
-    memory = estimate_memory(
-        cfg.model,
-        counts.total,
-        tc.batch_size,
-        autocast=runtime.compute_dtype != runtime.param_dtype,
-        optimizer_bytes_per_param=8.0,
-        activation_checkpointing=tc.activation_checkpointing,
-    )
-    log.info("memory estimate per device: %s", memory.describe(available_memory(runtime.device)))
+    _log_memory_plan(cfg, runtime, counts.total)
     peak, peak_source = peak_flops(runtime.device, runtime.compute_dtype)
     train_flops = flops_per_token(cfg.model)  # per token, forward + backward
     log.info("MFU is measured against %.2f TFLOP/s (%s)", peak / 1e12, peak_source)
@@ -220,10 +298,16 @@ def train(
         if runtime.is_main_rank
         else []
     )
-    metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+    metrics_file = (
+        open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+        if runtime.is_main_rank
+        else None
+    )
     history: list[dict[str, Any]] = []
 
     def record(row: dict[str, Any]) -> None:
+        if metrics_file is None:
+            return
         history.append(row)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
@@ -231,42 +315,71 @@ def train(
             sink.log(row, step=row["step"])
 
     def save(name: str, step: int) -> None:
-        checkpoint.save(
-            run_dir / name,
-            model,
-            config_dict,
-            optimizer_state=optimizer.state_dict(),
-            trainer_state={
-                "step": step,
-                "best_val_loss": best_val,
-                "rng": _rng_state(runtime),
-                "loader": {"kind": cfg.data.loader, **loader.state_dict()},
-                "scaler": scaler.state_dict(),
-                "health": health.state_dict(),
-            },
-            extra_files={name: data_dir / name for name in tokenizer_files},
-        )
+        # collectives first (FSDP gathers shards), on every rank; then rank 0 writes
+        weights = distributed.full_model_state(model)
+        opt_state = distributed.full_optimizer_state(model, optimizer)
+        rng = distributed.gather_objects(_rng_state(runtime), runtime)
+        loader_states = distributed.gather_objects(loader.state_dict(), runtime)
+        if runtime.is_main_rank:
+            checkpoint.save(
+                run_dir / name,
+                model,
+                config_dict,
+                weights=weights,
+                optimizer_state=opt_state,
+                trainer_state={
+                    "step": step,
+                    "best_val_loss": best_val,
+                    "world_size": W,
+                    "micro_batches": micro_seen,
+                    "tokens": tokens_seen,
+                    "sequences_per_step": _sequences_per_step(tc, step - 1, T, W),
+                    "rng": rng,  # one entry per rank
+                    "loader": {"kind": cfg.data.loader, "ranks": loader_states},
+                    "scaler": scaler.state_dict(),
+                    "health": health.state_dict(),
+                },
+                extra_files={name: data_dir / name for name in tokenizer_files},
+            )
+            if name == "latest" and tc.keep_checkpoints > 1:
+                checkpoint.snapshot(run_dir, "latest", step, tc.keep_checkpoints)
+        distributed.barrier(runtime)
 
     last_val = math.nan
     t_log, step_log = time.perf_counter(), start_step
     t_train, eval_s = t_log, 0.0  # time in the step loop, and the part spent evaluating
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     model.train()
     try:
         for step in range(start_step, tc.max_steps):
-            lr = apply_schedule(optimizer, step, tc.max_steps, cfg.optim)["lr"]  # lr, wd, momentum
-            loss_sum = torch.zeros((), device=runtime.device)
-            for _ in range(accum):
-                x, y, starts = loader.next_batch()  # (B, T) each; starts None or bool
-                x, y = x.to(runtime.device), y.to(runtime.device)
-                kw = {"doc_starts": starts.to(runtime.device)} if starts is not None else {}
-                with runtime.autocast():
-                    loss, stats = fwd_model(x, y, **kw)
-                scaler.scale(loss / accum).backward()
-                loss_sum += loss.detach()
-            scaler.unscale_(optimizer)  # a no-op without fp16 loss scaling
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm_t = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            step_loss, grad_norm = (loss_sum / accum).item(), grad_norm_t.item()  # one sync
+            B, T_step, accum = tc.shape_at(step, T, W)
+            if (loader.batch_size, loader.seq_len) != (B, T_step):  # a stage begins
+                loader.set_shape(B, T_step)
+                log.info("step %d: micro-batch %d x %d tokens, %d per step", step, B, T_step, accum)
+            sched = apply_schedule(optimizer, step, tc.max_steps, cfg.optim)  # lr, wd, momentum
+            try:
+                sums = torch.zeros(2, device=runtime.device)  # training loss, next-token loss
+                for k in range(accum):
+                    x, y, starts = loader.next_batch()  # (B, T) each; starts None or bool
+                    x, y = x.to(runtime.device), y.to(runtime.device)
+                    kw = {"doc_starts": starts.to(runtime.device)} if starts is not None else {}
+                    seed_micro_batch(tc.seed, micro_seen + k * W + rank)  # dropout of batch i
+                    with distributed.gradient_sync(wrapped, enabled=k == accum - 1):
+                        with runtime.autocast():
+                            loss, stats = wrapped(x, y, **kw)
+                        scaler.scale(loss / accum).backward()
+                    sums += torch.stack([loss.detach(), stats["ce"]])
+                micro_seen += accum * W
+                tokens_seen += accum * W * B * T_step
+                scaler.unscale_(optimizer)  # a no-op without fp16 loss scaling
+                grad_norm_t = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            except Exception as e:
+                if _out_of_memory(e):
+                    raise GptlabError(_oom_message(step, B, T_step)) from None
+                raise
+            means = distributed.mean_across_ranks(sums / accum, runtime)
+            step_loss, loss_val = means.tolist()  # one sync; the same on every rank
+            grad_norm = distributed.local_value(grad_norm_t).item()
             # fp16: an inf gradient is the scaler's normal signal to lower its scale, not a fault
             scaler_handles_it = scaler.is_enabled() and math.isfinite(step_loss)
             if health.is_finite(step_loss, grad_norm) or scaler_handles_it:
@@ -293,26 +406,26 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
 
-            if on_step is not None or done % tc.log_interval == 0:
-                loss_val = stats["ce"].item()  # next-token loss, without MTP/MoE terms
-                if on_step is not None:
-                    on_step(done, loss_val)
+            if on_step is not None:
+                on_step(done, loss_val)
             if done % tc.log_interval == 0:
                 now = time.perf_counter()
                 dt = (now - t_log) / max(1, done - step_log)
                 t_log, step_log = now, done
                 elapsed = now - t_start
-                eta = (tc.max_steps - done) * dt
+                tokens_per_step = accum * B * W * T_step
+                mfu = train_flops * tokens_per_step / dt / peak
                 record(
                     {
                         "step": done,
-                        "train_loss": loss_val,
-                        "lr": lr,
+                        "train_loss": loss_val,  # next-token loss, mean over the step
+                        "tokens": tokens_seen,  # training tokens so far, all ranks
+                        **sched,
                         "ms_per_step": dt * 1e3,
                         "tokens_per_s": tokens_per_step / dt,
                         "elapsed_s": elapsed,
                         "grad_norm": grad_norm,
-                        "mfu": train_flops * tokens_per_step / dt / peak,
+                        "mfu": mfu,
                         "peak_mem_gb": peak_memory_gb(runtime.device),
                         "skipped_steps": health.skipped_steps,
                         **_extra_metrics(stats),
@@ -325,19 +438,25 @@ def train(
                     tc.max_steps,
                     100 * done / tc.max_steps,
                     loss_val,
-                    lr,
+                    sched["lr"],
                     grad_norm,
                     dt * 1e3,
                     tokens_per_step / dt,
-                    100 * train_flops * tokens_per_step / dt / peak,
+                    100 * mfu,
                     elapsed,
-                    eta,
+                    (tc.max_steps - done) * dt,
                 )
             if done % tc.eval_interval == 0 or done == tc.max_steps:
                 t_eval = time.perf_counter()
                 results = {
                     split: evaluate(
-                        fwd_model, batches, runtime.device, runtime.autocast, token_bytes
+                        model,
+                        batches,
+                        runtime.device,
+                        runtime.autocast,
+                        token_bytes,
+                        rank=rank,
+                        world_size=W,
                     )
                     for split, batches in eval_sets.items()
                 }
@@ -351,14 +470,13 @@ def train(
                         "train_eval_loss": losses["train"],
                         "val_loss": last_val,
                         "val_bpb": results["val"]["bpb"],
+                        "tokens": tokens_seen,
                         "elapsed_s": time.perf_counter() - t_start,
                         "train_time_s": t_eval - t_train - eval_s,  # optimizer steps only
                     }
                 )
                 if tc.save_checkpoints:
                     save("latest", done)
-                    if tc.keep_checkpoints > 1:
-                        checkpoint.snapshot(run_dir, "latest", done, tc.keep_checkpoints)
                     if is_best:
                         save("best", done)
                 log.info(
@@ -373,11 +491,63 @@ def train(
                 t_log += eval_time  # kept out of ms/step and train_time_s
                 eval_s += eval_time
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
         close_loggers(sinks)
     elapsed = time.perf_counter() - t_start
     log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best_val)
     return TrainResult(run_dir, tc.max_steps, best_val, last_val, elapsed, history)
+
+
+def _sequences_per_step(tc: Any, step: int, seq_len: int, world_size: int) -> int:
+    B, _, accum = tc.shape_at(step, seq_len, world_size)
+    return B * accum * world_size
+
+
+def _restore_loader(loader: Any, state: dict[str, Any], kind: str, runtime: Runtime) -> None:
+    """Each rank's loader position; a world-size-independent loader takes rank 0's."""
+    saved = state["loader"]
+    if saved.get("kind", "random") != kind:
+        raise GptlabError(
+            f"--resume cannot change data.loader: the checkpoint used "
+            f"{saved.get('kind', 'random')!r}; drop the override"
+        )
+    ranks = saved.get("ranks") or [{k: v for k, v in saved.items() if k != "kind"}]
+    if len(ranks) == runtime.world_size:
+        mine = ranks[runtime.rank]
+    elif loader.world_size_independent:
+        mine = ranks[0]
+    else:
+        raise GptlabError(
+            f"this checkpoint was written by {len(ranks)} processes and the {kind} loader's "
+            f"position belongs to them; resume with {len(ranks)} processes in all (torchrun), "
+            "or start a new run"
+        )
+    try:
+        loader.load_state_dict(mine)
+    except (KeyError, ValueError) as e:
+        raise GptlabError(f"cannot restore the data position from the checkpoint: {e}") from None
+
+
+def _log_memory_plan(cfg: RunConfig, runtime: Runtime, n_params: int) -> None:
+    """Print the per-device memory estimate for the largest micro-batch of any stage."""
+    tc = cfg.train
+    shapes = [
+        tc.shape_at(s, cfg.model.seq_len, runtime.world_size) for s in [0, *tc.stage_starts()]
+    ]
+    B, T, _ = max(shapes, key=lambda shape: shape[0] * shape[1])
+    model_cfg: ModelConfig = dataclasses.replace(cfg.model, seq_len=T)
+    sharded = runtime.world_size if runtime.distributed and tc.strategy == "fsdp" else 1
+    memory = estimate_memory(
+        model_cfg,
+        n_params,
+        B,
+        autocast=runtime.compute_dtype != runtime.param_dtype,
+        optimizer_bytes_per_param=8.0 if cfg.optim.name == "adamw" else 4.0,
+        activation_checkpointing=tc.activation_checkpointing,
+        shards=sharded,
+    )
+    log.info("memory estimate per device: %s", memory.describe(available_memory(runtime.device)))
 
 
 def _extra_metrics(stats: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -80,8 +80,10 @@ def estimate_memory(
     autocast: bool,
     optimizer_bytes_per_param: float = 8.0,
     activation_checkpointing: bool = False,
+    shards: int = 1,
 ) -> MemoryEstimate:
-    """Bytes one training step needs on one device (see the module doc)."""
+    """Bytes one training step needs on one device (see the module doc); FSDP over `shards`
+    ranks keeps 1/shards of the weights, gradients and optimizer state on each."""
     tokens = micro_batch * cfg.seq_len
     blocks, head = activation_elements_per_token(cfg)
     if activation_checkpointing:  # block inputs kept, one block's activations at a time
@@ -89,9 +91,9 @@ def estimate_memory(
     per_elem = AUTOCAST_BYTES if autocast else FP32_BYTES
     activations = tokens * (blocks * per_elem + head * FP32_BYTES)
     return MemoryEstimate(
-        weights=4.0 * n_params,
-        gradients=4.0 * n_params,
-        optimizer=optimizer_bytes_per_param * n_params,
+        weights=4.0 * n_params / shards,
+        gradients=4.0 * n_params / shards,
+        optimizer=optimizer_bytes_per_param * n_params / shards,
         activations=activations,
     )
 

@@ -1,0 +1,130 @@
+"""Data parallelism over torchrun processes: DDP or FSDP2, and what the loop needs around them.
+
+Every rank runs the same loop on different micro-batches; gradients are averaged across ranks
+before the optimizer step, so W ranks x A micro-batches train like 1 rank x (W A) micro-batches.
+
+- DDP (`train.strategy ddp`) keeps a full replica of weights, gradients and optimizer state on
+  every rank and all-reduces the gradients during the backward pass of the last micro-batch of
+  a step (`no_sync` skips the all-reduce on the others: their gradients just accumulate).
+- FSDP2 (`train.strategy fsdp`, torch's `fully_shard`) keeps 1/W of every weight, gradient and
+  optimizer state on each rank: each block's weights are all-gathered just before they are
+  used and freed after, and gradients are reduce-scattered so each rank keeps only its shard.
+  Memory per rank falls by about W for the model state, at the cost of more communication. A
+  mixed-precision policy runs the gathered weights in the compute dtype and reduces gradients
+  in fp32; the sharded master weights stay fp32.
+
+Checkpoints are gathered to rank 0 and written in the single-process format (full weights in
+safetensors, optimizer state keyed by parameter name), so any checkpoint resumes under any
+world size and either strategy, and exports or samples with no distributed code at all. The
+price is that rank 0 must hold the full state in CPU memory once per save, fine for the model
+sizes gptlab targets; past that, torch.distributed.checkpoint writes sharded files instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from gptlab.runtime import Runtime
+
+FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def wrap_model(model: nn.Module, strategy: str, runtime: Runtime) -> nn.Module:
+    """The module to run training forward passes through: `model` itself for one process, a
+    DDP wrapper, or `model` sharded in place by FSDP2 (each block, then the root)."""
+    if not runtime.distributed:
+        return model
+    if strategy == "ddp":
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+    policy = MixedPrecisionPolicy(param_dtype=runtime.compute_dtype, reduce_dtype=torch.float32)
+    for block in [*model.blocks, *model.mtp]:  # one all-gather per block, freed after use
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)  # embeddings, final norm and head
+    return model
+
+
+@contextlib.contextmanager
+def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
+    """Within it, a backward pass averages gradients across ranks only if `enabled` (the last
+    micro-batch of a step); otherwise they accumulate locally with no communication."""
+    if isinstance(wrapped, DistributedDataParallel) and not enabled:
+        with wrapped.no_sync():
+            yield
+    elif isinstance(wrapped, FSDPModule):
+        wrapped.set_requires_gradient_sync(enabled)
+        yield
+    else:
+        yield
+
+
+def mean_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The average of a tensor over all ranks (the tensor itself for one process)."""
+    if runtime.distributed:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= runtime.world_size
+    return value
+
+
+def local_value(t: torch.Tensor) -> torch.Tensor:
+    """A full plain tensor from a DTensor (e.g. FSDP's gradient norm), or `t` itself."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def gather_objects(obj: Any, runtime: Runtime) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable Python objects, e.g. RNG
+    and loader states); [obj] for one process."""
+    if not runtime.distributed:
+        return [obj]
+    out: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Full (unsharded) weights on CPU for rank 0 to save; None on other ranks of an FSDP job.
+    Every rank must call it (it all-gathers FSDP shards)."""
+    if not isinstance(model, FSDPModule):
+        return None  # plain and DDP models: rank 0 saves its own full copy directly
+    state = get_model_state_dict(model, options=FULL_ON_RANK0)
+    return state or None
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name, unsharded, on CPU (empty on ranks other than
+    0 when distributed). Every rank must call it. `model` is the unwrapped (or FSDP) module."""
+    return get_optimizer_state_dict(model, optimizer, options=FULL_ON_RANK0)
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load a full, name-keyed optimizer state, resharding it for FSDP (every rank reads the
+    same file). Checkpoints from before name keys (integer ids) load directly."""
+    if any(isinstance(k, int) for k in state.get("state", {})):
+        optimizer.load_state_dict(state)
+        return
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
