@@ -128,22 +128,6 @@ def test_float16_autocast_uses_grad_scaler(tiny_run, locations):
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
 
 
-@pytest.mark.slow
-def test_compiled_run_saves_uncompiled_weights(tiny_run, locations):
-    """torch.compile on CPU (about 30 s on 2 cores): keys carry no `_orig_mod.` prefix."""
-    cfg = _with(tiny_run, max_steps=6, eval_interval=6, compile=True)
-    result = train(cfg, _runtime(), locations)
-    from safetensors import safe_open
-
-    with safe_open(str(result.run_dir / "latest" / "model.safetensors"), "pt") as f:
-        keys = list(f.keys())
-    assert keys and not any("_orig_mod" in k for k in keys)
-    from gptlab.checkpoint import load_model_from_checkpoint
-
-    loaded = load_model_from_checkpoint(result.run_dir / "latest").cfg
-    assert loaded == dataclasses.replace(cfg.model, vocab_size=loaded.vocab_size)
-
-
 def test_moe_and_mtp_statistics_reach_the_metrics(tiny_run, locations):
     model = dataclasses.replace(
         tiny_run.model, moe=MoEConfig(n_experts=4, top_k=2, capacity_factor=1.0), mtp_heads=1
