@@ -1,7 +1,7 @@
 """Runtime: the device and dtypes a run uses, decided once and passed down explicitly.
 
 Parameters stay fp32 (master weights); the compute dtype is what autocast runs matmuls in.
-On CUDA, fp32 matmuls that remain (outside autocast) use TF32 tensor cores.
+On CUDA, fp32 matmuls that remain (outside autocast) use TF32 tensor cores unless told not to.
 'auto' picks bf16 on CUDA GPUs that support it, fp16 on older ones, and on a CPU measures
 whether bf16 matmuls are actually faster than fp32 (true on CPUs with AVX512-BF16 or AMX, where
 they are 4-7x faster; false elsewhere, where bf16 is emulated and slower).
@@ -121,7 +121,7 @@ def pick_compute_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 def make_runtime(
-    device: str = "auto", dtype: str = "auto", launch: Launch | None = None
+    device: str = "auto", dtype: str = "auto", launch: Launch | None = None, tf32: bool = True
 ) -> Runtime:
     """The Runtime for this process. Under torchrun (`launch.world_size > 1`) it also joins the
     process group (NCCL on GPUs, gloo on CPUs; torchrun's MASTER_ADDR/PORT say where) and takes
@@ -132,8 +132,8 @@ def make_runtime(
         if launch.world_size > 1:
             dev = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # fp32 matmuls on tensor cores
+        torch.backends.cudnn.allow_tf32 = tf32
     if launch.world_size > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         torch.distributed.init_process_group(

@@ -122,11 +122,12 @@ def test_ddp_two_ranks_equal_one_rank_accumulating_two(base, locations, tmp_path
 
 
 @pytest.mark.slow
-def test_fsdp_with_muon_equals_one_rank_and_resumes_unsharded(base, locations, tmp_path):
-    """FSDP2 shards weights, gradients and Muon momentum over 2 ranks (Muon gathers each
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_fsdp_equals_one_rank_and_resumes_unsharded(base, locations, tmp_path, optimizer):
+    """FSDP2 shards weights, gradients and optimizer state over 2 ranks (Muon gathers each
     matrix to orthogonalise it) and still matches 1 process x 2 micro-batches; its gathered
-    checkpoint resumes in a single process and loads into a plain model."""
-    cfg = _muon(base)
+    checkpoint resumes in a single process."""
+    cfg = _muon(base) if optimizer == "muon" else base
     single = train(
         _with(cfg, grad_accum_steps=2, out_dir=str(tmp_path / "single")),
         make_runtime("cpu", "float32"),
@@ -135,6 +136,8 @@ def test_fsdp_with_muon_equals_one_rank_and_resumes_unsharded(base, locations, t
     _torchrun(cfg, tmp_path / "fsdp", tmp_path, "--train.strategy", "fsdp")
     _assert_same_run(single, tmp_path / "fsdp")
 
+    if optimizer == "adamw":
+        return  # resuming the gathered checkpoint in one process: once is enough
     _continue_from(tmp_path / "fsdp", 6, tmp_path / "to_one")
     train(
         _with(cfg, grad_accum_steps=2, out_dir=str(tmp_path / "to_one")),

@@ -30,6 +30,8 @@ def test_stage_shapes_follow_the_step():
     tokens = TrainConfig(batch_size=4, global_batch_tokens=1024, stages=("10:seq_len=64",))
     assert tokens.shape_at(0, 128, 2) == (4, 128, 1)  # 1024 / (4 x 128 x 2)
     assert tokens.shape_at(10, 128, 2) == (4, 64, 2)  # same tokens per step, more micro-batches
+    mixed = TrainConfig(batch_size=4, global_batch_tokens=1024, stages=("10:global_batch_size=16",))
+    assert mixed.shape_at(10, 128, 1) == (4, 128, 4)  # the later key replaces the earlier
 
 
 @pytest.mark.parametrize(

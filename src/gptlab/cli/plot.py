@@ -4,7 +4,7 @@ Reads only each run's metrics.jsonl (and config.json if need be), so it works on
 finished run, a crashed one, or one still training. By default it draws three panels that
 share the y axis: loss against optimizer steps, tokens seen, and wall-clock time. Runs with
 different batch sizes only line up on the tokens panel; runs on different hardware only on
-the step and tokens panels. Train loss (one noisy micro-batch per row) is a thin, faint line;
+the step and tokens panels. Train loss (one optimizer step per row: noisy) is a thin, faint line;
 val loss (a fixed held-out set) is bold with markers, so the eye goes to the number that counts.
 
 matplotlib is used through its object API with the Agg canvas: no display, no pyplot state.

@@ -89,7 +89,7 @@ def run(argv: list[str]) -> int:
         print(note)
         for section, values in to_dict(cfg).items():
             print(f"  {section}: {json.dumps(values)}")
-    runtime = make_runtime(cfg.train.device, cfg.train.dtype, launch)
+    runtime = make_runtime(cfg.train.device, cfg.train.dtype, launch, tf32=cfg.train.tf32)
     try:
         result = train(cfg, runtime, locations(), resume=resume)
     finally:

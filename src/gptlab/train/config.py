@@ -48,6 +48,9 @@ class TrainConfig:
     """'auto' (cuda, then mps, then cpu), or a torch device such as cpu, cuda, cuda:1, mps."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype under autocast; 'auto' = bf16 where fast, else fp32. Weights stay fp32."""
+    tf32: bool = True
+    """On CUDA, run fp32 matmuls (those outside autocast, or all of them with dtype float32)
+    on TF32 tensor cores: ~10 mantissa bits instead of 23, several times faster."""
     compile: bool = False
     """Compile the model with torch.compile (a win on GPUs; little or none on CPUs)."""
     compile_scope: Literal["model", "blocks"] = "model"
@@ -146,14 +149,15 @@ class TrainConfig:
     def shape_at(self, step: int, seq_len: int, world_size: int) -> tuple[int, int, int]:
         """(micro-batch size, context length, micro-batches per step) for optimizer step
         `step` (0-based), after the stages that have begun; ValueError when uneven."""
-        active = {}
+        active: dict[str, int] = {}
         for start, overrides in parse_stages(self.stages):
             if start <= step:
+                if "global_batch_size" in overrides:  # one global batch key replaces the other
+                    active["global_batch_tokens"] = 0
+                if "global_batch_tokens" in overrides:
+                    active["global_batch_size"] = 0
                 active |= overrides
         T = active.pop("seq_len", seq_len)
-        if "global_batch_size" in active or "global_batch_tokens" in active:
-            active.setdefault("global_batch_size", 0)
-            active.setdefault("global_batch_tokens", 0)
         stage = dataclasses.replace(self, stages=(), **active) if active else self
         return stage.batch_size, T, stage.accumulation(T, world_size)
 

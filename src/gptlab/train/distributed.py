@@ -6,9 +6,12 @@ before the optimizer step, so W ranks x A micro-batches train like 1 rank x (W A
 - DDP (`train.strategy ddp`) keeps a full replica of weights, gradients and optimizer state on
   every rank and all-reduces the gradients during the backward pass of the last micro-batch of
   a step (`no_sync` skips the all-reduce on the others: their gradients just accumulate).
+  With `--train.compile` the DDP wrapper itself is compiled, so the compiled backward still
+  overlaps the all-reduce of each gradient bucket with the rest of the backward pass.
 - FSDP2 (`train.strategy fsdp`, torch's `fully_shard`) keeps 1/W of every weight, gradient and
   optimizer state on each rank: each block's weights are all-gathered just before they are
-  used and freed after, and gradients are reduce-scattered so each rank keeps only its shard.
+  used and freed after, and gradients are reduce-scattered after every micro-batch so each rank
+  keeps only its shard (accumulating unsharded gradients would cost a full copy per rank).
   Memory per rank falls by about W for the model state, at the cost of more communication. A
   mixed-precision policy runs the gathered weights in the compute dtype and reduces gradients
   in fp32; the sharded master weights stay fp32.
@@ -61,14 +64,14 @@ def wrap_model(model: nn.Module, strategy: str, runtime: Runtime) -> nn.Module:
 
 @contextlib.contextmanager
 def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
-    """Within it, a backward pass averages gradients across ranks only if `enabled` (the last
-    micro-batch of a step); otherwise they accumulate locally with no communication."""
+    """Within it, a DDP backward pass all-reduces gradients only if `enabled` (the last
+    micro-batch of a step); otherwise they accumulate locally with no communication.
+
+    FSDP always reduce-scatters: skipping it would keep full-size unsharded gradients on every
+    rank between micro-batches, undoing the memory saving FSDP is used for."""
     if isinstance(wrapped, DistributedDataParallel) and not enabled:
         with wrapped.no_sync():
             yield
-    elif isinstance(wrapped, FSDPModule):
-        wrapped.set_requires_gradient_sync(enabled)
-        yield
     else:
         yield
 

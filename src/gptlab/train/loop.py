@@ -15,16 +15,18 @@ uninterrupted one loss for loss, and W ranks x A micro-batches match 1 rank x W 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gptlab import checkpoint
 from gptlab.config import from_dict, to_dict
@@ -117,7 +119,7 @@ def _prepare_data(data_cfg: DataConfig, locations: Locations, runtime: Runtime) 
     return data_dir
 
 
-def _compile(model: GPT, scope: str) -> None:
+def _compile(model: nn.Module, scope: str) -> None:
     """torch.compile in place (nn.Module.compile): parameter names, hence checkpoints, keep no
     `_orig_mod.` prefix."""
     if scope == "blocks":
@@ -133,13 +135,21 @@ def _out_of_memory(e: BaseException) -> bool:
     )
 
 
-def _oom_message(step: int, B: int, T: int) -> str:
-    return (
-        f"out of memory in training step {step + 1} with a micro-batch of {B} sequences x {T} "
-        f"tokens; lower --train.batch_size (set --train.global_batch_size to keep the batch per "
-        "step through more accumulation), turn on --train.activation_checkpointing, or train a "
-        "smaller model or --model.seq_len"
-    )
+@contextlib.contextmanager
+def _explain_oom(where: str, B: int, T: int) -> Iterator[None]:
+    """Turn an out-of-memory error (CUDA's or the CPU allocator's) into one line naming the
+    knobs that lower memory."""
+    try:
+        yield
+    except Exception as e:
+        if not _out_of_memory(e):
+            raise
+        raise GptlabError(
+            f"out of memory in {where} with a micro-batch of {B} sequences x {T} tokens; lower "
+            "--train.batch_size (set --train.global_batch_size to keep the batch per step "
+            "through more accumulation), turn on --train.activation_checkpointing, or train a "
+            "smaller model or --model.seq_len"
+        ) from None
 
 
 def train(
@@ -157,6 +167,7 @@ def train(
     tc, run_dir = cfg.train, Path(cfg.train.out_dir)
     ckpt_latest = run_dir / "latest"
     W, rank = runtime.world_size, runtime.rank
+    warn = log.warning if runtime.is_main_rank else log.debug  # the same on every rank: say once
     _check_parallel(cfg, runtime)
 
     stored_cfg = None
@@ -222,10 +233,12 @@ def train(
         state = checkpoint.load_pt(ckpt_latest, checkpoint.STATE)
     if tc.activation_checkpointing:
         enable_activation_checkpointing(model)
-    if tc.compile:
-        scope = "blocks" if runtime.distributed and tc.strategy == "fsdp" else tc.compile_scope
-        _compile(model, scope)
+    fsdp = runtime.distributed and tc.strategy == "fsdp"
+    if tc.compile and (fsdp or tc.compile_scope == "blocks"):
+        _compile(model, "blocks")  # before fully_shard, as FSDP2 expects
     wrapped = distributed.wrap_model(model, tc.strategy, runtime)  # DDP, or FSDP in place
+    if tc.compile and not fsdp and tc.compile_scope == "model":
+        _compile(wrapped, "model")  # the DDP wrapper too: its graph breaks at gradient buckets
     health = HealthMonitor(max_bad_steps=tc.max_bad_steps)
     optimizer = build_optimizer(
         model.named_parameters(), cfg.optim, compile_orthogonalize=tc.compile_optimizer
@@ -252,9 +265,10 @@ def train(
         tokens_seen = state.get("tokens", saved_micro * B0 * T0)
         if saved_world != W:
             log.info("resuming a %d-process run on %d processes", saved_world, W)
-        before, (B1, _, accum1) = state.get("sequences_per_step"), tc.shape_at(start_step, T, W)
+        # the shape of the step before the checkpoint, here (a stage may begin at start_step)
+        before, (B1, _, accum1) = state.get("sequences_per_step"), tc.shape_at(start_step - 1, T, W)
         if before is not None and before != B1 * accum1 * W:
-            log.warning(
+            warn(
                 "the global batch changes from %d to %d sequences per step on resume; set "
                 "--train.global_batch_size %d to keep it",
                 before,
@@ -357,7 +371,7 @@ def train(
                 loader.set_shape(B, T_step)
                 log.info("step %d: micro-batch %d x %d tokens, %d per step", step, B, T_step, accum)
             sched = apply_schedule(optimizer, step, tc.max_steps, cfg.optim)  # lr, wd, momentum
-            try:
+            with _explain_oom(f"training step {step + 1}", B, T_step):
                 sums = torch.zeros(2, device=runtime.device)  # training loss, next-token loss
                 for k in range(accum):
                     x, y, starts = loader.next_batch()  # (B, T) each; starts None or bool
@@ -373,23 +387,20 @@ def train(
                 tokens_seen += accum * W * B * T_step
                 scaler.unscale_(optimizer)  # a no-op without fp16 loss scaling
                 grad_norm_t = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            except Exception as e:
-                if _out_of_memory(e):
-                    raise GptlabError(_oom_message(step, B, T_step)) from None
-                raise
             means = distributed.mean_across_ranks(sums / accum, runtime)
             step_loss, loss_val = means.tolist()  # one sync; the same on every rank
             grad_norm = distributed.local_value(grad_norm_t).item()
             # fp16: an inf gradient is the scaler's normal signal to lower its scale, not a fault
             scaler_handles_it = scaler.is_enabled() and math.isfinite(step_loss)
             if health.is_finite(step_loss, grad_norm) or scaler_handles_it:
-                scaler.step(optimizer)
+                with _explain_oom(f"the optimizer step of step {step + 1}", B, T_step):
+                    scaler.step(optimizer)  # the first step allocates the optimizer state
                 scaler.update()
                 for warning in health.record_good(step_loss, grad_norm):
-                    log.warning("step %d: %s", step + 1, warning)
+                    warn("step %d: %s", step + 1, warning)
             else:
                 scaler.update()
-                log.warning(
+                warn(
                     "step %d skipped: loss %s, gradient norm %s (%d in a row)",
                     step + 1,
                     step_loss,
@@ -414,7 +425,7 @@ def train(
                 t_log, step_log = now, done
                 elapsed = now - t_start
                 tokens_per_step = accum * B * W * T_step
-                mfu = train_flops * tokens_per_step / dt / peak
+                mfu = train_flops * tokens_per_step / dt / (peak * W)  # per device
                 record(
                     {
                         "step": done,
@@ -448,18 +459,19 @@ def train(
                 )
             if done % tc.eval_interval == 0 or done == tc.max_steps:
                 t_eval = time.perf_counter()
-                results = {
-                    split: evaluate(
-                        model,
-                        batches,
-                        runtime.device,
-                        runtime.autocast,
-                        token_bytes,
-                        rank=rank,
-                        world_size=W,
-                    )
-                    for split, batches in eval_sets.items()
-                }
+                with _explain_oom(f"evaluation after step {done}", tc.batch_size, T):
+                    results = {
+                        split: evaluate(
+                            model,
+                            batches,
+                            runtime.device,
+                            runtime.autocast,
+                            token_bytes,
+                            rank=rank,
+                            world_size=W,
+                        )
+                        for split, batches in eval_sets.items()
+                    }
                 losses = {split: r["loss"] for split, r in results.items()}
                 last_val = losses["val"]
                 is_best = last_val < best_val
