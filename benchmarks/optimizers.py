@@ -37,6 +37,7 @@ OPTIMIZERS = {
     "muon": ["--optim.name", "muon", "--optim.muon_lr", "0.01",
              "--optim.muon_momentum_warmup_steps", "100"],
 }  # fmt: skip
+OPTIMIZERS["muon_compiled"] = [*OPTIMIZERS["muon"], "--train.compile_optimizer"]
 QUICK = ["--train.max_steps", "20", "--train.eval_interval", "10", "--train.eval_steps", "2",
          "--train.log_interval", "5", "--optim.warmup_steps", "5"]  # fmt: skip
 
@@ -83,7 +84,7 @@ def table(results: list[dict], target: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS))
+    ap.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=["adamw", "muon"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1])
     ap.add_argument("--target", type=float, default=1.88)
     ap.add_argument("--quick", action="store_true", help="20 steps, one seed: a smoke test")

@@ -41,6 +41,27 @@ def test_muon_step_matches_hand_written_reference(nesterov):
     assert torch.allclose(p.detach(), ref, atol=1e-6)
 
 
+def test_bf16_orthogonalisation_gives_nearly_the_exact_update():
+    """bf16 Gram products (used wherever a run computes in bf16, CPU included) change the
+    update by about bf16's precision, not its direction."""
+    g = torch.randn(96, 64)
+    updates = []
+    for dtype in (None, torch.bfloat16):
+        p = torch.nn.Parameter(torch.zeros(96, 64))
+        opt = build_optimizer(
+            [("blocks.0.mlp.fc.weight", p)],
+            OptimConfig(**MUON, muon_lr=1.0),
+            orthogonalize_dtype=dtype,
+        )
+        opt.param_groups[0]["weight_decay"] = 0.0
+        p.grad = g.clone()
+        opt.step()
+        updates.append(p.detach().flatten())
+    exact, bf16 = updates
+    assert torch.nn.functional.cosine_similarity(exact, bf16, dim=0) > 0.99
+    assert bf16.norm() == pytest.approx(exact.norm().item(), rel=0.05)
+
+
 def test_muon_update_rms_is_about_adamw_like():
     p = torch.nn.Parameter(torch.zeros(64, 128))
     opt = build_optimizer([("blocks.0.attn.proj.weight", p)], OptimConfig(**MUON, muon_lr=1.0))

@@ -29,9 +29,11 @@ def build_optimizer(
     named_params: Iterable[tuple[str, nn.Parameter]],
     cfg: OptimConfig,
     compile_orthogonalize: bool = False,
+    orthogonalize_dtype: torch.dtype | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer `cfg` asks for, over the trainable parameters (see module docstring).
-    `compile_orthogonalize` compiles Muon's orthogonalisation with torch.compile."""
+    `compile_orthogonalize` compiles Muon's orthogonalisation with torch.compile;
+    `orthogonalize_dtype` is the dtype it computes in (None: bf16 on CUDA, else exact)."""
     split = split_params(named_params, cfg.name)
     groups = []
     for name, pairs in split.items():
@@ -63,4 +65,9 @@ def build_optimizer(
         "ns_steps": cfg.muon_ns_steps,
         "cautious_wd": cfg.cautious_wd,
     }
-    return MuonAdamW(groups, defaults, compile_orthogonalize=compile_orthogonalize)
+    return MuonAdamW(
+        groups,
+        defaults,
+        compile_orthogonalize=compile_orthogonalize,
+        orthogonalize_dtype=orthogonalize_dtype,
+    )

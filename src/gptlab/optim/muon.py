@@ -120,11 +120,15 @@ class MuonAdamW(torch.optim.Optimizer):
         param_groups: list[dict[str, Any]],
         defaults: dict[str, Any],
         compile_orthogonalize: bool = False,
+        orthogonalize_dtype: torch.dtype | None = None,
     ) -> None:
         for group in param_groups:
             if group.get("kind") not in ("muon", "adamw"):
                 raise ValueError(f"group {group.get('name')!r} needs kind 'muon' or 'adamw'")
         super().__init__(param_groups, defaults)
+        # bf16 Gram products on accelerators and on CPUs with fast bf16 (the iteration tolerates
+        # them: Muon's reference implementation runs in bf16); otherwise the gradient's dtype
+        self.orthogonalize_dtype = orthogonalize_dtype
         # torch.compile fuses the Newton-Schulz / Polar Express iteration (one graph per
         # matrix shape; method, steps and dtype are fixed per group, so nothing recompiles)
         self.orthogonalize_fn = (
@@ -153,8 +157,7 @@ class MuonAdamW(torch.optim.Optimizer):
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p)
-        # bf16 Gram products on accelerators (the iteration tolerates it); exact dtype on CPU
-        dtype = torch.bfloat16 if p.device.type == "cuda" else None
+        dtype = self.orthogonalize_dtype or (torch.bfloat16 if p.device.type == "cuda" else None)
         state["momentum_buffer"], direction = muon_update(
             p.grad,
             state["momentum_buffer"],

@@ -241,7 +241,11 @@ def train(
         _compile(wrapped, "model")  # the DDP wrapper too: its graph breaks at gradient buckets
     health = HealthMonitor(max_bad_steps=tc.max_bad_steps)
     optimizer = build_optimizer(
-        model.named_parameters(), cfg.optim, compile_orthogonalize=tc.compile_optimizer
+        model.named_parameters(),
+        cfg.optim,
+        compile_orthogonalize=tc.compile_optimizer,
+        # Muon's orthogonalisation in bf16 wherever the run computes in bf16 (fast on CPUs too)
+        orthogonalize_dtype=torch.bfloat16 if runtime.compute_dtype == torch.bfloat16 else None,
     )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
     start_step, best_val, micro_seen, tokens_seen = 0, math.inf, 0, 0
