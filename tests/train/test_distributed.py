@@ -17,7 +17,8 @@ import torch
 from gptlab.config import to_dict
 from gptlab.errors import GptlabError
 from gptlab.runtime import Runtime, make_runtime
-from gptlab.train.loop import _restore_loader, train
+from gptlab.train.loop import train
+from gptlab.train.resume import restore_loader
 
 
 def _with(cfg, **train_kw):
@@ -166,6 +167,6 @@ def test_packed_position_does_not_move_to_another_world_size(base, locations):
     state = {"loader": {"kind": "packed", "ranks": [loader.state_dict()] * 2}}
     one = Runtime(device=torch.device("cpu"), compute_dtype=torch.float32)
     with pytest.raises(GptlabError, match="written by 2 processes"):
-        _restore_loader(loader, state, "packed", one)
+        restore_loader(loader, state, "packed", one)
     with pytest.raises(GptlabError, match="cannot change data.loader"):
-        _restore_loader(loader, state, "random", one)
+        restore_loader(loader, state, "random", one)

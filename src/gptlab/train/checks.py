@@ -13,6 +13,7 @@ from typing import Any
 from gptlab.config import to_dict
 from gptlab.errors import GptlabError
 from gptlab.model.config import ModelConfig
+from gptlab.runtime import Runtime
 from gptlab.tokenizer.base import Tokenizer
 from gptlab.tokenizer.load import load_tokenizer
 from gptlab.train.config import RunConfig
@@ -86,3 +87,24 @@ def check_same_data(stored: dict[str, Any], cfg: RunConfig, meta: dict[str, Any]
             f"{cfg.data.dataset} with tokenizer {cfg.data.tokenizer!r} has {meta['vocab_size']}; "
             "resume with the data and tokenizer of the original run"
         )
+
+
+def check_parallel(cfg: RunConfig, runtime: Runtime) -> None:
+    """Refuse what cannot run on this set of processes, before any work."""
+    tc = cfg.train
+    if tc.strategy == "fsdp" and not runtime.distributed:
+        raise GptlabError(
+            "--train.strategy fsdp shards the model across processes, but this is a single "
+            "process; launch with torchrun --nproc_per_node N (N >= 2) or use --train.strategy ddp"
+        )
+    if tc.strategy == "fsdp" and runtime.needs_grad_scaler:
+        raise GptlabError(
+            "--train.strategy fsdp does not support float16 loss scaling; use --train.dtype "
+            "bfloat16 (or float32)"
+        )
+    for step in [0, *tc.stage_starts()]:
+        try:
+            tc.shape_at(step, cfg.model.seq_len, runtime.world_size)
+        except ValueError as e:
+            where = f" (in the stage from step {step})" if step else ""
+            raise GptlabError(f"{e}{where}") from None

@@ -7,6 +7,7 @@ Components receive only their own section.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 from gptlab.data.config import DataConfig
@@ -180,8 +181,10 @@ STAGE_KEYS = (
 )
 
 
-def parse_stages(stages: tuple[str, ...]) -> list[tuple[int, dict[str, int]]]:
-    """'STEP:key=value,key=value' entries -> [(step, {key: value})], sorted by step."""
+@functools.lru_cache(maxsize=16)  # shape_at asks every step: parse each tuple once
+def parse_stages(stages: tuple[str, ...]) -> tuple[tuple[int, dict[str, int]], ...]:
+    """'STEP:key=value,key=value' entries -> ((step, {key: value}), ...), sorted by step.
+    The dicts are shared by every caller: read them, do not change them."""
     out: list[tuple[int, dict[str, int]]] = []
     for entry in stages:
         step, sep, body = entry.partition(":")
@@ -210,7 +213,7 @@ def parse_stages(stages: tuple[str, ...]) -> list[tuple[int, dict[str, int]]]:
     starts = [s for s, _ in out]
     if len(set(starts)) != len(starts):
         raise ValueError(f"train.stages {stages} starts two stages at the same step; merge them")
-    return sorted(out, key=lambda item: item[0])
+    return tuple(sorted(out, key=lambda item: item[0]))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

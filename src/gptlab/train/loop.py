@@ -38,7 +38,6 @@ from gptlab.data.shards import load_meta, open_split
 from gptlab.errors import GptlabError
 from gptlab.eval.loss import evaluate
 from gptlab.model.accounting import count_params, flops_per_token
-from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import apply_schedule
@@ -47,7 +46,14 @@ from gptlab.train import checks, distributed
 from gptlab.train.config import RunConfig
 from gptlab.train.health import HealthMonitor, peak_flops, peak_memory_gb
 from gptlab.train.loggers import build_loggers, close_loggers
-from gptlab.train.memory import available_memory, enable_activation_checkpointing, estimate_memory
+from gptlab.train.memory import enable_activation_checkpointing, memory_plan
+from gptlab.train.resume import (
+    restore_loader,
+    rewrite_metrics_until,
+    rng_state,
+    sequences_per_step,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,51 +68,6 @@ class TrainResult:
     last_val_loss: float
     elapsed_s: float
     history: list[dict[str, Any]]  # the metrics rows written by this process
-
-
-def _rng_state(runtime: Runtime) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if runtime.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(runtime.device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], runtime: Runtime) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and runtime.device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], runtime.device)
-
-
-def _rewrite_metrics_until(path: Path, step: int) -> None:
-    """Drop metric rows past `step` (written by a run that crashed after its last checkpoint)."""
-    if not path.exists():
-        return
-    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in kept))
-    tmp.replace(path)
-
-
-def _check_parallel(cfg: RunConfig, runtime: Runtime) -> None:
-    """Refuse what cannot run on this set of processes, before any work."""
-    tc = cfg.train
-    if tc.strategy == "fsdp" and not runtime.distributed:
-        raise GptlabError(
-            "--train.strategy fsdp shards the model across processes, but this is a single "
-            "process; launch with torchrun --nproc_per_node N (N >= 2) or use --train.strategy ddp"
-        )
-    if tc.strategy == "fsdp" and runtime.needs_grad_scaler:
-        raise GptlabError(
-            "--train.strategy fsdp does not support float16 loss scaling; use --train.dtype "
-            "bfloat16 (or float32)"
-        )
-    for step in [0, *tc.stage_starts()]:
-        try:
-            tc.shape_at(step, cfg.model.seq_len, runtime.world_size)
-        except ValueError as e:
-            where = f" (in the stage from step {step})" if step else ""
-            raise GptlabError(f"{e}{where}") from None
 
 
 def _prepare_data(data_cfg: DataConfig, locations: Locations, runtime: Runtime) -> Path:
@@ -168,7 +129,7 @@ def train(
     ckpt_latest = run_dir / "latest"
     W, rank = runtime.world_size, runtime.rank
     warn = log.warning if runtime.is_main_rank else log.debug  # the same on every rank: say once
-    _check_parallel(cfg, runtime)
+    checks.check_parallel(cfg, runtime)
 
     stored_cfg = None
     if resume:
@@ -258,10 +219,10 @@ def train(
             ) from None
         scaler.load_state_dict(state["scaler"])
         health.load_state_dict(state.get("health", {}))
-        _restore_loader(loader, state, cfg.data.loader, runtime)
+        restore_loader(loader, state, cfg.data.loader, runtime)
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rng) == W:  # each rank's own generators; micro-batches reseed anyway
-            _set_rng_state(rng[rank], runtime)
+            set_rng_state(rng[rank], runtime)
         start_step, best_val = state["step"], state["best_val_loss"]
         saved_world = state.get("world_size", 1)
         saved_micro = start_step * tc.shape_at(0, T, saved_world)[2] * saved_world  # older files
@@ -280,7 +241,7 @@ def train(
                 before,
             )
         if runtime.is_main_rank:
-            _rewrite_metrics_until(run_dir / METRICS, start_step)
+            rewrite_metrics_until(run_dir / METRICS, start_step)
         log.info("resumed from %s at step %d", ckpt_latest, start_step)
 
     config_dict = to_dict(cfg)
@@ -298,7 +259,7 @@ def train(
         runtime.describe(),
         accum0 * B0 * W * T0,
     )
-    _log_memory_plan(cfg, runtime, counts.total)
+    log.info("memory estimate per device: %s", memory_plan(cfg, runtime, counts.total))
     peak, peak_source = peak_flops(runtime.device, runtime.compute_dtype)
     train_flops = flops_per_token(cfg.model)  # per token, forward + backward
     log.info("MFU is measured against %.2f TFLOP/s (%s)", peak / 1e12, peak_source)
@@ -336,7 +297,7 @@ def train(
         # collectives first (FSDP gathers shards), on every rank; then rank 0 writes
         weights = distributed.full_model_state(model)
         opt_state = distributed.full_optimizer_state(model, optimizer)
-        rng = distributed.gather_objects(_rng_state(runtime), runtime)
+        rng = distributed.gather_objects(rng_state(runtime), runtime)
         loader_states = distributed.gather_objects(loader.state_dict(), runtime)
         if runtime.is_main_rank:
             checkpoint.save(
@@ -351,7 +312,7 @@ def train(
                     "world_size": W,
                     "micro_batches": micro_seen,
                     "tokens": tokens_seen,
-                    "sequences_per_step": _sequences_per_step(tc, step - 1, T, W),
+                    "sequences_per_step": sequences_per_step(tc, step - 1, T, W),
                     "rng": rng,  # one entry per rank
                     "loader": {"kind": cfg.data.loader, "ranks": loader_states},
                     "scaler": scaler.state_dict(),
@@ -513,57 +474,6 @@ def train(
     elapsed = time.perf_counter() - t_start
     log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best_val)
     return TrainResult(run_dir, tc.max_steps, best_val, last_val, elapsed, history)
-
-
-def _sequences_per_step(tc: Any, step: int, seq_len: int, world_size: int) -> int:
-    B, _, accum = tc.shape_at(step, seq_len, world_size)
-    return B * accum * world_size
-
-
-def _restore_loader(loader: Any, state: dict[str, Any], kind: str, runtime: Runtime) -> None:
-    """Each rank's loader position; a world-size-independent loader takes rank 0's."""
-    saved = state["loader"]
-    if saved.get("kind", "random") != kind:
-        raise GptlabError(
-            f"--resume cannot change data.loader: the checkpoint used "
-            f"{saved.get('kind', 'random')!r}; drop the override"
-        )
-    ranks = saved.get("ranks") or [{k: v for k, v in saved.items() if k != "kind"}]
-    if len(ranks) == runtime.world_size:
-        mine = ranks[runtime.rank]
-    elif loader.world_size_independent:
-        mine = ranks[0]
-    else:
-        raise GptlabError(
-            f"this checkpoint was written by {len(ranks)} processes and the {kind} loader's "
-            f"position belongs to them; resume with {len(ranks)} processes in all (torchrun), "
-            "or start a new run"
-        )
-    try:
-        loader.load_state_dict(mine)
-    except (KeyError, ValueError) as e:
-        raise GptlabError(f"cannot restore the data position from the checkpoint: {e}") from None
-
-
-def _log_memory_plan(cfg: RunConfig, runtime: Runtime, n_params: int) -> None:
-    """Print the per-device memory estimate for the largest micro-batch of any stage."""
-    tc = cfg.train
-    shapes = [
-        tc.shape_at(s, cfg.model.seq_len, runtime.world_size) for s in [0, *tc.stage_starts()]
-    ]
-    B, T, _ = max(shapes, key=lambda shape: shape[0] * shape[1])
-    model_cfg: ModelConfig = dataclasses.replace(cfg.model, seq_len=T)
-    sharded = runtime.world_size if runtime.distributed and tc.strategy == "fsdp" else 1
-    memory = estimate_memory(
-        model_cfg,
-        n_params,
-        B,
-        autocast=runtime.compute_dtype != runtime.param_dtype,
-        optimizer_bytes_per_param=8.0 if cfg.optim.name == "adamw" else 4.0,
-        activation_checkpointing=tc.activation_checkpointing,
-        shards=sharded,
-    )
-    log.info("memory estimate per device: %s", memory.describe(available_memory(runtime.device)))
 
 
 def _extra_metrics(stats: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from gptlab.model.config import ModelConfig
+from gptlab.runtime import Runtime
+from gptlab.train.config import RunConfig
 
 FP32_BYTES = 4.0
 AUTOCAST_BYTES = 2.8  # measured average bytes per saved element under bf16 autocast
@@ -145,3 +147,25 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
             return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
 
         block.forward = forward
+
+
+def memory_plan(cfg: RunConfig, runtime: Runtime, n_params: int) -> str:
+    """The per-device memory estimate for the largest micro-batch of any stage, against what
+    the device has."""
+    tc = cfg.train
+    shapes = [
+        tc.shape_at(s, cfg.model.seq_len, runtime.world_size) for s in [0, *tc.stage_starts()]
+    ]
+    B, T, _ = max(shapes, key=lambda shape: shape[0] * shape[1])
+    model_cfg: ModelConfig = dataclasses.replace(cfg.model, seq_len=T)
+    sharded = runtime.world_size if runtime.distributed and tc.strategy == "fsdp" else 1
+    memory = estimate_memory(
+        model_cfg,
+        n_params,
+        B,
+        autocast=runtime.compute_dtype != runtime.param_dtype,
+        optimizer_bytes_per_param=8.0 if cfg.optim.name == "adamw" else 4.0,
+        activation_checkpointing=tc.activation_checkpointing,
+        shards=sharded,
+    )
+    return memory.describe(available_memory(runtime.device))
