@@ -18,6 +18,7 @@ ALLOWED = {
     "data": {"tokenizer"},
     "optim": set(),
     "infer": {"model", "tokenizer", "checkpoint"},
+    "serve": {"infer", "checkpoint", "tokenizer"},
     "model": set(),
     "tokenizer": set(),
     "runtime": set(),

@@ -142,8 +142,10 @@ def test_sample_bad_inputs(cli_env, capsys, text_file):
     assert "does not exist" in _one_error_line(capsys)
     assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
     capsys.readouterr()
-    assert main(["sample", "r", "--prompt", "\u2603"]) == 1
+    assert main(["sample", "r", "--prompt", "\u2603"]) == 2  # a bad value: a usage error
     assert "not in this model" in _one_error_line(capsys)
+    assert main(["sample", "r", "--top-p", "0"]) == 2
+    assert "top_p must be in (0, 1]" in _one_error_line(capsys)
     assert main(["sample", "r", "--prompt", "@missing.txt"]) == 1
     assert "does not exist" in _one_error_line(capsys)
     (cli_env / "p.txt").write_text("the")

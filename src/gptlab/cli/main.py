@@ -16,6 +16,8 @@ VERBS = {
     "prepare": ("gptlab.cli.prepare", "tokenize a corpus once into token shards"),
     "train": ("gptlab.cli.train", "train a model (default: Shakespeare, char-level)"),
     "sample": ("gptlab.cli.sample", "generate text from a trained run"),
+    "chat": ("gptlab.cli.chat", "talk to a trained run in the terminal"),
+    "serve": ("gptlab.cli.serve", "an OpenAI-compatible HTTP API and web chat page"),
     "tokenizer": ("gptlab.cli.tokenizer", "train, inspect and use BPE tokenizers"),
     "info": ("gptlab.cli.info", "architecture, parameter count and FLOPs of a preset or run"),
     "plot": ("gptlab.cli.plot", "loss curves of runs vs step, tokens and time, as a PNG"),

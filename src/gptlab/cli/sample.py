@@ -1,15 +1,18 @@
 """`gptlab sample RUN_DIR`: load a checkpoint and print generated text.
 
-Defaults come from the run's stored `sample` config section; flags override them.
+Defaults come from the run's stored `sample` config section; flags override them. Generation
+runs on the KV-cache engine (infer/engine.py): the samples share one pass over the prompt and
+decode together; one sample streams to the terminal as it is generated. Past the model's
+context, the oldest tokens are dropped (docs/inference.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
-import torch
 import tyro
 
 from gptlab import checkpoint
@@ -17,10 +20,11 @@ from gptlab.cli.common import parse
 from gptlab.config import from_dict
 from gptlab.errors import GptlabError
 from gptlab.infer.config import SampleConfig
-from gptlab.infer.generate import generate
+from gptlab.infer.engine import Engine
+from gptlab.infer.load import checkpoint_dir, load_for_inference, prompt_ids
 from gptlab.runtime import pick_device
-from gptlab.tokenizer.base import Tokenizer
-from gptlab.tokenizer.load import load_tokenizer
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -33,18 +37,9 @@ class SampleArgs:
     """Which checkpoint of the run to load."""
     device: str = "auto"
     """'auto', cpu, cuda or mps."""
+    dtype: Dtype = "auto"
+    """Compute dtype of the weights and KV cache; auto = bf16 on a GPU, fp32 on a CPU."""
     sample: Annotated[SampleConfig, tyro.conf.arg(name="")] = SampleConfig()
-
-
-def _checkpoint_dir(run_dir: Path, which: str) -> Path:
-    if not run_dir.exists():
-        raise GptlabError(f"run directory {run_dir} does not exist; train one with gptlab train")
-    if (run_dir / checkpoint.CONFIG).is_file() and (run_dir / checkpoint.WEIGHTS).is_file():
-        return run_dir  # a checkpoint directory itself
-    path = checkpoint.resolve(run_dir / which)
-    if not path.is_dir():
-        raise GptlabError(f"{run_dir} has no {which}/ checkpoint; has training reached an eval?")
-    return path
 
 
 def _read_prompt(prompt: str) -> str:
@@ -58,58 +53,32 @@ def _read_prompt(prompt: str) -> str:
 
 def run(argv: list[str]) -> int:
     first = parse(SampleArgs, argv, prog="gptlab sample")
-    ckpt = _checkpoint_dir(Path(first.run_dir), first.checkpoint)
-    stored = checkpoint.load_config(ckpt)
+    stored = checkpoint.load_config(checkpoint_dir(Path(first.run_dir), first.checkpoint))
     defaults = from_dict(SampleConfig, stored.get("sample", {}), prefix="sample.")
     args = parse(
         SampleArgs, argv, prog="gptlab sample", default=dataclasses.replace(first, sample=defaults)
     )
     sc = args.sample
-
     device = pick_device(args.device)
-    model = checkpoint.load_model_from_checkpoint(ckpt, device).eval()
-    tok = _load_tokenizer(ckpt)
-    if tok.vocab_size != model.cfg.vocab_size:
-        raise GptlabError(
-            f"{ckpt}: the saved tokenizer has {tok.vocab_size} ids but the model "
-            f"{model.cfg.vocab_size}; the checkpoint is inconsistent, re-export it from its run"
-        )
-    prompt_ids = _prompt_ids(tok, _read_prompt(sc.prompt))
-    generator = torch.Generator(device=device).manual_seed(sc.seed)
-    idx = torch.tensor([prompt_ids] * sc.num_samples, dtype=torch.long, device=device)
-    out = generate(
-        model, idx, sc.max_new_tokens, model.cfg.seq_len, sc.temperature, sc.top_k, generator
-    )  # (num_samples, T0 + max_new_tokens)
-    skip = 1 if tok.bos_id is not None else 0  # the BOS we put in front is not text
-    for i, row in enumerate(out.tolist()):
+    loaded = load_for_inference(Path(args.run_dir), args.checkpoint, device, args.dtype)
+    tok = loaded.tokenizer
+    ids = prompt_ids(tok, _read_prompt(sc.prompt))
+    capacity = min(loaded.model.cfg.seq_len, len(ids) + max(sc.max_new_tokens, 1))
+    engine = Engine(loaded.model, tok, max_batch=sc.num_samples, capacity=capacity)
+    prompt_text = tok.decode(ids[1:] if tok.bos_id is not None else ids)
+    request = engine.submit(ids, sc.params(), n=sc.num_samples)
+    if sc.num_samples == 1:  # stream: the prompt, then each piece as it is released
+        sys.stdout.write(prompt_text)
+        while engine.busy:
+            for event in engine.step():
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    while engine.busy:
+        engine.step()
+    for i, seq in enumerate(request.sequences):
         if i:
             print("-" * 40)
-        print(tok.decode(row[skip:]))
+        print(prompt_text + seq.text)
     return 0
-
-
-def _prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
-    """Ids of the prompt, after the tokenizer's BOS when it has one (as documents begin in the
-    training data); an empty prompt needs a BOS to start from."""
-    try:
-        ids = tok.encode_ordinary(prompt)
-    except ValueError as e:
-        raise GptlabError(str(e)) from None
-    if tok.bos_id is not None:
-        ids = [tok.bos_id, *ids]
-    if not ids:
-        raise GptlabError(
-            "the prompt is empty and this tokenizer has no BOS token to start from; give at "
-            "least one character with --prompt"
-        )
-    return ids
-
-
-def _load_tokenizer(ckpt: Path) -> Tokenizer:
-    """The tokenizer that training saved next to the weights."""
-    if not (ckpt / "tokenizer.json").is_file():
-        raise GptlabError(f"{ckpt} has no tokenizer.json; it was not written by gptlab train")
-    try:
-        return load_tokenizer(ckpt)
-    except ValueError as e:
-        raise GptlabError(f"{ckpt}: {e}") from None

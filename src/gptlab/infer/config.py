@@ -1,31 +1,111 @@
-"""SampleConfig: how `gptlab sample` generates text."""
+"""Inference settings: SamplingParams (how one request picks tokens) and SampleConfig (what
+`gptlab sample` does, stored in a run's config as its `sample` section)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 
+def _check_sampling(p) -> None:
+    """Shared checks of the sampling fields of SamplingParams and SampleConfig."""
+    if p.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {p.max_new_tokens}")
+    if p.temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {p.temperature}")
+    if p.top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 disables it), got {p.top_k}")
+    if not 0 < p.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {p.top_p}")
+    if not 0 <= p.min_p < 1:
+        raise ValueError(f"min_p must be in [0, 1) (0 disables it), got {p.min_p}")
+    if p.repetition_penalty <= 0:
+        raise ValueError(
+            f"repetition_penalty must be > 0 (1 disables it), got {p.repetition_penalty}"
+        )
+    for name in ("frequency_penalty", "presence_penalty"):
+        if not -2 <= getattr(p, name) <= 2:
+            raise ValueError(f"{name} must be in [-2, 2] (0 disables it), got {getattr(p, name)}")
+    if any(not s for s in p.stop):
+        raise ValueError("stop strings must not be empty")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """How one request picks its tokens; infer/sampling.py explains each step."""
+
+    max_new_tokens: int = 256
+    """Most tokens to generate."""
+    temperature: float = 1.0
+    """Softmax temperature: <1 sharper, >1 more random, 0 is greedy decoding."""
+    top_k: int = 0
+    """Keep only the k most likely tokens (0 disables it)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens up to this total probability (1 = off)."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p times the most likely one (0 = off)."""
+    repetition_penalty: float = 1.0
+    """Divide positive (multiply negative) logits of tokens already seen by this (1 = off)."""
+    frequency_penalty: float = 0.0
+    """Subtract this times the token's count in the output so far (OpenAI; 0 = off)."""
+    presence_penalty: float = 0.0
+    """Subtract this from every token already in the output (OpenAI; 0 = off)."""
+    stop: tuple[str, ...] = ()
+    """Stop before any of these strings; the string itself is not returned."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Stop after any of these token ids (not returned either), besides the tokenizer's EOS."""
+    seed: int | None = None
+    """Seed of this request's own generator; None = a fresh random one."""
+
+    def __post_init__(self) -> None:
+        _check_sampling(self)
+
+    @property
+    def penalised(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SampleConfig:
+    """What `gptlab sample` generates; the sampling fields mean what SamplingParams says."""
+
     prompt: str = "\n"
     """Text to continue; '@path' reads it from a file."""
     max_new_tokens: int = 500
-    """Number of tokens to generate after the prompt."""
+    """Number of tokens to generate after the prompt (may run past the model's context: the
+    oldest tokens are then dropped, see docs/inference.md)."""
     temperature: float = 0.8
     """Softmax temperature: <1 sharper, >1 more random, 0 is greedy decoding."""
     top_k: int = 200
     """Sample only among the k most likely tokens (0 disables top-k)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens up to this total probability (1 = off)."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p times the most likely one (0 = off)."""
+    repetition_penalty: float = 1.0
+    """Penalise tokens already seen: logit / r if positive, logit * r if negative (1 = off)."""
+    frequency_penalty: float = 0.0
+    """Subtract this times the token's count in the output so far (0 = off)."""
+    presence_penalty: float = 0.0
+    """Subtract this from every token already in the output (0 = off)."""
+    stop: tuple[str, ...] = ()
+    """Stop a sample at any of these strings."""
     seed: int = 1337
     """Seed of the sampling generator: the same seed gives the same text."""
     num_samples: int = 1
-    """How many independent samples to draw."""
+    """How many independent samples to draw (they share one pass over the prompt)."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        _check_sampling(self)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+    def params(self) -> SamplingParams:
+        """The sampling part of this config, for the engine."""
+        fields = {f.name for f in dataclasses.fields(SamplingParams)}
+        return SamplingParams(
+            **{k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+        )

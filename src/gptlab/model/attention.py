@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ from torch import nn
 
 from gptlab.model.config import ModelConfig
 from gptlab.model.layers import alibi_slopes, apply_rope
+
+if TYPE_CHECKING:
+    from gptlab.model.kv_cache import CacheStep
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class AttnContext:
 
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin: (1 or B, 1, T, D/2)
     doc_ids: torch.Tensor | None = None  # (B, T) document index of each token, or None
+    cache: CacheStep | None = None  # inference: where k, v go and what each query may see
 
 
 def visible(
@@ -87,8 +92,12 @@ def dense_mask(
 def alibi_bias(slopes: torch.Tensor, T: int) -> torch.Tensor:
     """ALiBi's additive bias -m_h * (i - j): (1, H, T, T), float32."""
     pos = torch.arange(T, device=slopes.device)
-    distance = (pos[:, None] - pos[None, :]).clamp(min=0).float()  # (T, T)
-    return -(slopes[:, None, None] * distance)[None]
+    return alibi_distance_bias(slopes, (pos[:, None] - pos[None, :])[None])
+
+
+def alibi_distance_bias(slopes: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """-m_h * max(i - j, 0) for query-key distances (B, T, S) and slopes (H,): (B, H, T, S)."""
+    return -(slopes[None, :, None, None] * distance[:, None].clamp(min=0).float())
 
 
 def math_attention(
@@ -131,6 +140,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.layer = layer
         self.window = cfg.layer_window(layer)
         self._block_masks: dict = {}  # flex BlockMasks without documents, by (T, device)
         self.qkv = nn.Linear(
@@ -158,8 +168,12 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if ctx.rope is not None:
             q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
-        backend = getattr(self, f"_{self.cfg.attn_backend}")
-        y = backend(q, k, v, ctx.doc_ids)  # (B, H, T, D)
+        if ctx.cache is not None:
+            k, v = ctx.cache.write(self.layer, k, v)  # (B, Hkv, S, D): cached keys + new ones
+            y = self._cached(q, k, v, ctx.cache)  # (B, H, T, D)
+        else:
+            backend = getattr(self, f"_{self.cfg.attn_backend}")
+            y = backend(q, k, v, ctx.doc_ids)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C)
         return self.proj(y)
 
@@ -205,6 +219,25 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self._dropout_p(), is_causal=is_causal, **gqa
         )
+
+    def _cached(self, q, k, v, step: CacheStep) -> torch.Tensor:
+        """Attention of T new queries over S cached slots (inference; any backend setting).
+
+        Softcaps take the math path and ALiBi adds its bias to the mask; otherwise SDPA, with no
+        mask for one query per row or a fresh prefill, and a dense (T, S) mask in other cases.
+        """
+        cfg = self.cfg
+        gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
+        no_mask, causal = step.simple(self.window)
+        if cfg.attn_softcap is None and cfg.pos_emb != "alibi" and (no_mask or causal):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
+        mask = step.mask(self.window, cfg.global_tokens)  # (B or 1, 1, T, S)
+        bias = step.alibi(self.alibi) if cfg.pos_emb == "alibi" else None  # (B or 1, H, T, S)
+        if cfg.attn_softcap is not None:
+            return math_attention(q, k, v, mask, bias, cfg.attn_softcap)
+        if bias is not None:
+            mask = bias.masked_fill(~mask, float("-inf")).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
 
     def _flex(self, q, k, v, doc_ids) -> torch.Tensor:
         flex_attention, create_block_mask = _flex()

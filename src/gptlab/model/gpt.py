@@ -13,6 +13,8 @@ MoE, multi-token prediction, document masking) are ModelConfig fields; see docs/
                                   plus MTP and MoE terms); stats holds detached scalars,
                                   stats["ce"] being the plain next-token cross-entropy
     model(idx, targets, doc_starts=starts)   the same with document masking (starts: (B, T) bool)
+    model.forward_cached(idx, step)   inference with a KV cache: logits (B, V) of the last
+                                      new token of each row (model/kv_cache.py)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 
 from gptlab.model.attention import AttnContext, CausalSelfAttention
 from gptlab.model.config import ModelConfig
+from gptlab.model.kv_cache import CacheStep
 from gptlab.model.layers import Rotary, make_mlp, make_norm
 from gptlab.model.moe import MoE
 
@@ -115,6 +118,32 @@ class GPT(nn.Module):
         start = torch.where(doc_starts, pos, torch.zeros_like(pos))  # (B, T)
         return pos - start.cummax(dim=1).values  # distance to the latest document start
 
+    def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) at positions (T,) or (B, T) -> input vectors (B, T, C)."""
+        x = self.wte(idx)  # (B, T, C)
+        if self.cfg.embed_scale:
+            x = x * math.sqrt(self.cfg.n_embd)
+        if self.cfg.pos_emb == "learned":
+            x = x + self.wpe(pos)  # (T, C) or (B, T, C), broadcast over the batch
+        return x
+
+    def forward_cached(self, idx: torch.Tensor, step: CacheStep) -> torch.Tensor:
+        """Inference with a KV cache: new tokens (B, T) -> fp32 logits (B, V) of each row's last
+        real new token. Their keys and values go into the cache (model/kv_cache.py); the caller
+        commits the step afterwards. The multi-token-prediction heads are not used."""
+        B, T = idx.shape
+        pos = step.positions  # (T,) or (B, T)
+        x = self._embed(idx, pos)  # (B, T, C)
+        ctx = AttnContext(rope=self.rotary(pos) if self.cfg.pos_emb == "rope" else None, cache=step)
+        for block in self.blocks:
+            x, _ = block(x, ctx)  # (B, T, C)
+        if T > 1:
+            last = torch.tensor(step.last_index, device=idx.device)  # (B,)
+            x = x[torch.arange(B, device=idx.device), last]  # (B, C)
+        else:
+            x = x[:, 0]  # (B, C)
+        return self.logits(self.ln_f(x))  # (B, V)
+
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, T, C) -> fp32 logits (B, T, vocab_size), padding cropped."""
         logits = self.lm_head(h)[..., : self.cfg.vocab_size].float()  # fp32: stable softmax
@@ -137,12 +166,7 @@ class GPT(nn.Module):
             raise ValueError("doc_starts were given but model.doc_mask is off")
         pos = self._positions(T, doc_starts, idx.device)  # (T,) or (B, T)
         doc_ids = doc_starts.long().cumsum(dim=1) if doc_starts is not None else None  # (B, T)
-        x = self.wte(idx)  # (B, T, C)
-        if cfg.embed_scale:
-            x = x * math.sqrt(cfg.n_embd)
-        if cfg.pos_emb == "learned":
-            x = x + self.wpe(pos)  # (T, C) or (B, T, C), broadcast over the batch
-        x = self.drop(x)
+        x = self.drop(self._embed(idx, pos))  # (B, T, C)
         ctx = AttnContext(rope=self.rotary(pos) if cfg.pos_emb == "rope" else None, doc_ids=doc_ids)
         moe_stats: list[Stats] = []
         for block in self.blocks:

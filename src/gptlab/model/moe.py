@@ -82,7 +82,10 @@ class MoE(nn.Module):
         first = torch.cumsum(counts, 0) - counts  # index of each expert's first assignment
         slot = torch.arange(expert.numel(), device=x.device) - first[expert]
         cf = self.cfg.moe.capacity_factor
-        capacity = math.ceil(cf * N * k / E) if cf is not None else int(counts.max())
+        # the capacity limit is a training device: evaluation and generation drop no tokens,
+        # so a token's output never depends on which other tokens share its batch
+        limited = cf is not None and self.training
+        capacity = math.ceil(cf * N * k / E) if limited else int(counts.max())
         keep = slot < capacity
         return Routing(expert, token, weight, slot, keep, counts, capacity, logits, probs)
 

@@ -1,0 +1,99 @@
+"""`gptlab serve RUN_DIR [RUN_DIR ...]`: an OpenAI-compatible API and a web chat page.
+
+Each run is served under the name of its directory (or NAME=RUN_DIR). Binds 127.0.0.1 unless
+--host says otherwise; --api-key (or the GPTLAB_API_KEY environment variable) protects /v1.
+docs/serving.md has the API, with curl and openai-client examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from gptlab.cli.common import UsageError, parse
+from gptlab.errors import GptlabError
+from gptlab.infer.chat import TemplateName, chat_format
+from gptlab.infer.load import load_for_inference
+from gptlab.runtime import pick_device
+
+log = logging.getLogger("gptlab.serve")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServeArgs:
+    """Serve trained runs over HTTP (OpenAI-compatible) with a web chat page at /."""
+
+    run_dirs: Annotated[tuple[str, ...], tyro.conf.Positional]
+    """Run directories (or checkpoint directories) to serve; NAME=DIR names a model."""
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 exposes the server to the network (set an API key)."""
+    port: int = 8000
+    checkpoint: Literal["best", "latest"] = "best"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    template: TemplateName = "auto"
+    """Chat format for /v1/chat/completions: the run's own, else a User:/Assistant: transcript."""
+    max_batch: int = 8
+    """Cache rows per model: how many samples decode together; more requests wait."""
+    max_tokens: int = 1024
+    """Most new tokens a request may ask for (and the chat default)."""
+    max_n: int = 8
+    """Most choices (n) per request."""
+    api_key: str | None = None
+    """Require 'Authorization: Bearer KEY' on /v1 (default: $GPTLAB_API_KEY, else none)."""
+
+
+def _named(entries: tuple[str, ...]) -> dict[str, Path]:
+    named: dict[str, Path] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        path = Path(path if sep else entry)
+        name = name if sep else path.resolve().name
+        if name in named:
+            raise UsageError(f"two runs are both named {name!r}; name them with NAME=DIR")
+        named[name] = path
+    return named
+
+
+def run(argv: list[str]) -> int:
+    args = parse(ServeArgs, argv, prog="gptlab serve")
+    try:
+        import uvicorn
+
+        from gptlab.serve.app import create_app
+        from gptlab.serve.schemas import Limits
+        from gptlab.serve.worker import ModelWorker
+    except ImportError as e:
+        raise GptlabError(
+            f"gptlab serve needs FastAPI and uvicorn ({e.name} is missing); "
+            "pip install 'gptlab[serve]'"
+        ) from None
+    if not args.run_dirs:
+        raise UsageError("give at least one run directory to serve")
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a TCP port (1..65535)")
+    if args.max_batch < 1 or args.max_tokens < 1 or args.max_n < 1:
+        raise UsageError("--max-batch, --max-tokens and --max-n must be >= 1")
+    limits = Limits(max_tokens=args.max_tokens, max_n=min(args.max_n, args.max_batch))
+    device = pick_device(args.device)
+    workers = {}
+    for name, path in _named(args.run_dirs).items():
+        loaded = load_for_inference(path, args.checkpoint, device, args.dtype)
+        fmt = chat_format(loaded.tokenizer, loaded.config, args.template)
+        workers[name] = ModelWorker(name, loaded, fmt, max_batch=args.max_batch)
+    api_key = args.api_key or os.environ.get("GPTLAB_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        log.warning("warning: serving on %s without an API key: anyone who can reach it can "
+                    "use it (set --api-key)", args.host)  # fmt: skip
+    app = create_app(workers, api_key=api_key, limits=limits)
+    print(f"serving {', '.join(workers)} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as e:
+        raise GptlabError(f"cannot listen on {args.host}:{args.port} ({e.strerror})") from None
+    return 0

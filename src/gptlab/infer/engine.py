@@ -1,0 +1,336 @@
+"""The inference engine: prefill, then decode steps over a KV cache, for many requests at once.
+
+    engine = Engine(model, tokenizer, max_batch=8)
+    req = engine.submit(prompt_ids, SamplingParams(temperature=0.8, max_new_tokens=100), n=2)
+    while engine.busy:
+        for event in engine.step():   # a token (and its text) for every running sequence
+            ...
+    req.sequences[0].text, req.sequences[0].finish_reason
+
+A request is one prompt and n samples of it. The cache has `max_batch` rows; a sample occupies
+one row from its first token to its last. When rows are free, a waiting request is admitted:
+its prompt runs once through the model (prefill) into one row, which is copied to its other
+n-1 rows, and each sample draws its first token from those logits. Every step then feeds the
+latest token of every running sample through the model at once (decode: one position per row)
+and draws the next. Samples finish on EOS, a stop token or string, or max_new_tokens, and free
+their rows for the next waiting request (continuous batching). Rows of different lengths decode
+together; model/kv_cache.py explains how.
+
+Past the context: a row holds at most `capacity` tokens (<= the model's seq_len). When a sample
+needs more, `overflow="shift"` keeps its last capacity/2 tokens and recomputes the cache from
+them (positions start again at 0, so every architecture stays exactly what it was trained on;
+it is nanoGPT's cropping, done once per capacity/2 tokens instead of at every token);
+`overflow="error"` finishes the sample with reason "length". A prompt longer than the context
+is cropped to its last `capacity` tokens under "shift" and refused under "error".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+from gptlab.infer.config import SamplingParams
+from gptlab.infer.sampling import Sampler
+from gptlab.infer.text import TextStream
+from gptlab.model.kv_cache import KVCache
+from gptlab.seeding import mix_seed
+from gptlab.tokenizer.base import Tokenizer
+
+Overflow = Literal["shift", "error"]
+
+
+@dataclasses.dataclass(eq=False)
+class Sequence:
+    """One sample of a request: its tokens, its row in the cache, its text so far."""
+
+    request: Request
+    index: int  # which of the request's n samples
+    tokens: list[int]  # prompt + generated, the last one not yet in the cache
+    generator: torch.Generator
+    stream: TextStream | None
+    row: int = -1
+    generated: list[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # "stop" or "length" once finished
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """A prompt and its n samples. `sequences` fill in as the engine runs."""
+
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    n: int
+    sequences: list[Sequence] = dataclasses.field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or (
+            len(self.sequences) == self.n and all(s.finish_reason for s in self.sequences)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One new token of one sample, and the text it released ('' while held back)."""
+
+    request: Request
+    index: int
+    token: int | None  # None for a stop token or a final flush, which add no token
+    text: str
+    finish_reason: str | None
+
+
+def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Parameters to the compute dtype (no autocast needed at inference); buffers such as the
+    rotary tables stay fp32. Returns the model in eval mode."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    return model.eval()
+
+
+class Engine:
+    """Generation for a GPT over a preallocated KV cache of `max_batch` rows."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer | None = None,
+        *,
+        max_batch: int = 8,
+        capacity: int | None = None,
+        overflow: Overflow = "shift",
+    ) -> None:
+        cfg = model.cfg
+        capacity = cfg.seq_len if capacity is None else capacity
+        if not 1 <= capacity <= cfg.seq_len:
+            raise ValueError(f"cache capacity must be in 1..{cfg.seq_len}, got {capacity}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        weight = model.wte.weight
+        self.model, self.tokenizer, self.overflow = model, tokenizer, overflow
+        self.device, self.vocab_size = weight.device, cfg.vocab_size
+        self.cache = KVCache(
+            cfg.n_layer, max_batch, cfg.kv_heads, capacity, cfg.head_dim,
+            device=weight.device, dtype=weight.dtype,
+        )  # fmt: skip
+        self.capacity, self.max_batch = capacity, max_batch
+        self.eos = tokenizer.eos_id if tokenizer is not None else None
+        self.waiting: deque[Request] = deque()
+        self.running: list[Sequence] = []  # sorted by row
+        self.free_rows = list(range(max_batch))
+        self._ids = itertools.count()
+        self._sampler: tuple[tuple[int, ...], Sampler] | None = None
+        self._seen: torch.Tensor | None = None  # (max_batch, V) for penalties, made on demand
+        self._counts: torch.Tensor | None = None
+
+    # -- the public interface ----------------------------------------------------------------
+
+    def submit(self, prompt: list[int], params: SamplingParams, n: int = 1) -> Request:
+        """Queue a prompt (token ids) for n samples; the request runs during later steps."""
+        if not prompt:
+            raise ValueError("the prompt has no tokens; start it with at least one (e.g. BOS)")
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"n = {n} samples must be between 1 and max_batch {self.max_batch}")
+        if bad := [t for t in prompt if not 0 <= t < self.vocab_size]:
+            raise ValueError(
+                f"prompt token {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}"
+            )
+        if len(prompt) > self.capacity:
+            if self.overflow == "error":
+                raise ValueError(
+                    f"the prompt has {len(prompt)} tokens but the context holds {self.capacity}; "
+                    "shorten the prompt"
+                )
+            prompt = prompt[-self.capacity :]  # the model only ever sees its last context
+        request = Request(next(self._ids), list(prompt), params, n)
+        self.waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Stop a request (a client went away); its rows are freed at the next step."""
+        request.cancelled = True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        """Admit what fits, then decode one token for every running sample."""
+        events: list[Event] = []
+        self._drop_cancelled()
+        while self.waiting and len(self.free_rows) >= self.waiting[0].n:
+            self._admit(self.waiting.popleft(), events)
+        if self.running:
+            self._decode(events)
+        return events
+
+    def stream(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int = 1
+    ) -> Iterator[Event]:
+        """Run these prompts to completion, yielding events as tokens come."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        for prompt, p in zip(prompts, plist, strict=True):
+            self.submit(prompt, p, n)
+        while self.busy:
+            yield from self.step()
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int = 1
+    ) -> list[Request]:
+        """Run these prompts to completion; the requests hold each sample's tokens and text."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        requests = [self.submit(p, sp, n) for p, sp in zip(prompts, plist, strict=True)]
+        while self.busy:
+            self.step()
+        return requests
+
+    # -- prefill -----------------------------------------------------------------------------
+
+    def _admit(self, request: Request, events: list[Event]) -> None:
+        p = request.params
+        rows = sorted(self.free_rows)[: request.n]
+        self.free_rows = [r for r in self.free_rows if r not in rows]
+        logits = self._prefill(rows[0], request.prompt)  # (1, V)
+        for r in rows[1:]:
+            self.cache.copy_row(rows[0], r)
+        seed = p.seed if p.seed is not None else int(torch.randint(2**62, ()).item())
+        for i, row in enumerate(rows):
+            g = torch.Generator().manual_seed(mix_seed(seed, i))
+            stream = TextStream(self.tokenizer, p.stop) if self.tokenizer is not None else None
+            seq = Sequence(request, i, list(request.prompt), g, stream, row=row)
+            request.sequences.append(seq)
+            self.running.append(seq)
+            if p.penalised:
+                self._reset_penalties(row, request.prompt)
+        self.running.sort(key=lambda s: s.row)
+        if p.max_new_tokens == 0:
+            for seq in request.sequences:
+                self._finish(seq, "length", events)
+            return
+        first = logits.expand(request.n, -1)  # (n, V): the samples share the prompt's logits
+        self._sample(request.sequences, first, events)
+
+    def _prefill(self, row: int, tokens: list[int]) -> torch.Tensor:
+        """Fill cache row `row` with tokens; logits (1, V) for the token after them."""
+        self.cache.reset(row)
+        idx = torch.tensor([tokens], dtype=torch.long, device=self.device)  # (1, T)
+        step = self.cache.begin(slice(row, row + 1), len(tokens))
+        logits = self.model.forward_cached(idx, step)  # (1, V)
+        step.commit()
+        return logits
+
+    # -- decode ------------------------------------------------------------------------------
+
+    def _decode(self, events: list[Event]) -> None:
+        for seq in list(self.running):
+            if self.cache.lengths[seq.row] == self.capacity:
+                self._shift(seq, events)
+        live = [s for s in self.running if not s.finish_reason]
+        if not live:
+            return
+        lo, hi = live[0].row, live[-1].row + 1
+        tokens = [0] * (hi - lo)
+        for s in live:
+            tokens[s.row - lo] = s.tokens[-1]
+        idle = [r for r in range(lo, hi) if r in self.free_rows]
+        for r in idle:  # rows in between that hold no sample decode a dummy token
+            self.cache.lengths[r] = 0
+        idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
+        step = self.cache.begin(slice(lo, hi), 1)
+        logits = self.model.forward_cached(idx, step)  # (B, V)
+        step.commit()
+        for r in idle:
+            self.cache.lengths[r] = 0
+        if idle:
+            logits = logits[torch.tensor([s.row - lo for s in live], device=self.device)]
+        self._sample(live, logits, events)
+
+    def _shift(self, seq: Sequence, events: list[Event]) -> None:
+        """The row is full: keep the last capacity/2 tokens and recompute the cache from them."""
+        if self.overflow == "error":
+            self._finish(seq, "length", events)
+            return
+        keep = max(1, self.capacity // 2)
+        self._prefill(seq.row, seq.tokens[-1 - keep : -1])  # the newest token is fed next
+
+    # -- sampling and bookkeeping ------------------------------------------------------------
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor, events: list[Event]) -> None:
+        key = tuple(id(s) for s in seqs)
+        if self._sampler is None or self._sampler[0] != key:
+            sampler = Sampler(
+                [s.request.params for s in seqs], [s.generator for s in seqs], self.device
+            )
+            self._sampler = (key, sampler)
+        sampler = self._sampler[1]
+        seen = counts = None
+        if sampler.penalised:
+            rows = torch.tensor([s.row for s in seqs], device=self.device)
+            seen, counts = self._seen[rows], self._counts[rows]
+        for seq, token in zip(seqs, sampler(logits, seen, counts), strict=True):
+            self._accept(seq, token, events)
+
+    def _accept(self, seq: Sequence, token: int, events: list[Event]) -> None:
+        p = seq.request.params
+        if token == self.eos or token in p.stop_token_ids:
+            self._finish(seq, "stop", events)
+            return
+        seq.tokens.append(token)
+        seq.generated.append(token)
+        if p.penalised:
+            self._seen[seq.row, token] = True
+            self._counts[seq.row, token] += 1
+        piece = seq.stream.push(token) if seq.stream is not None else ""
+        seq.text += piece
+        if seq.stream is not None and seq.stream.stopped:
+            self._finish(seq, "stop", events, token, piece)
+        elif len(seq.generated) >= p.max_new_tokens:
+            self._finish(seq, "length", events, token, piece)
+        else:
+            events.append(Event(seq.request, seq.index, token, piece, None))
+
+    def _finish(
+        self,
+        seq: Sequence,
+        reason: str,
+        events: list[Event],
+        token: int | None = None,
+        piece: str = "",
+    ) -> None:
+        """Mark seq finished (its last event carries the reason) and free its row."""
+        rest = seq.stream.finish() if seq.stream is not None else ""
+        seq.text += rest
+        seq.finish_reason = reason
+        events.append(Event(seq.request, seq.index, token, piece + rest, reason))
+        self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+            self.cache.reset(seq.row)
+            self.free_rows.append(seq.row)
+
+    def _drop_cancelled(self) -> None:
+        self.waiting = deque(r for r in self.waiting if not r.cancelled)
+        for seq in [s for s in self.running if s.request.cancelled]:
+            seq.finish_reason = seq.finish_reason or "cancelled"
+            self._release(seq)
+
+    def _reset_penalties(self, row: int, prompt: list[int]) -> None:
+        if self._seen is None:
+            shape = (self.max_batch, self.vocab_size)
+            self._seen = torch.zeros(shape, dtype=torch.bool, device=self.device)
+            self._counts = torch.zeros(shape, device=self.device)
+        self._seen[row] = False
+        self._seen[row, torch.tensor(prompt, device=self.device)] = True
+        self._counts[row] = 0
