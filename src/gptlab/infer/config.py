@@ -106,6 +106,4 @@ class SampleConfig:
     def params(self) -> SamplingParams:
         """The sampling part of this config, for the engine."""
         fields = {f.name for f in dataclasses.fields(SamplingParams)}
-        return SamplingParams(
-            **{k: v for k, v in dataclasses.asdict(self).items() if k in fields}
-        )
+        return SamplingParams(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})

@@ -125,4 +125,5 @@ class Sampler:
         ids = draw(probs, order, u.to(probs.device)).tolist()
         if greedy is None:
             return ids
-        return [g if is_greedy else i for g, i, is_greedy in zip(greedy, ids, self.greedy, strict=True)]
+        pairs = zip(greedy, ids, self.greedy, strict=True)
+        return [g if is_greedy else i for g, i, is_greedy in pairs]

@@ -198,9 +198,7 @@ def plan_completion(
     return Plan(prompts, _params(req, max_new, limits), req.n)
 
 
-def plan_chat(
-    req: ChatCompletionRequest, fmt: ChatFormat, context: int, limits: Limits
-) -> Plan:
+def plan_chat(req: ChatCompletionRequest, fmt: ChatFormat, context: int, limits: Limits) -> Plan:
     messages = []
     for m in req.messages:
         text = m.text()
