@@ -114,6 +114,7 @@ def create_app(
             w.stop()
 
     app = FastAPI(title="gptlab", lifespan=lifespan)
+    app.state.workers = workers
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:

@@ -52,6 +52,7 @@ class ModelWorker:
                              overflow="error")  # fmt: skip
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.handles: dict[int, Handle] = {}  # engine request id -> handle
+        self.cancelled = 0  # requests stopped before they finished (clients that went away)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"gptlab-{name}", daemon=True)
 
@@ -94,7 +95,8 @@ class ModelWorker:
     def _handle(self, item: tuple) -> None:
         if item[0] == "cancel":
             handle = item[1]
-            if handle.request is not None:
+            if handle.request is not None and not handle.request.done:
+                self.cancelled += 1
                 self.engine.cancel(handle.request)
                 self.handles.pop(handle.request.id, None)
             return

@@ -1,0 +1,95 @@
+"""The web chat page in a real headless Chromium (Debian's, driven by Playwright): it lists the
+models, sends a prompt, and the reply streams in piece by piece; Stop ends a stream.
+
+Needs the `chromium` system package (.ci/run installs it). Outside CI the test skips when no
+Chromium is found; in CI (CI=true) a missing browser is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.serve.conftest import Server, make_app
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("GPTLAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs Chromium for the browser test; {CHROMIUM} is missing")
+    pytest.skip("no Chromium installed (apt install chromium)", allow_module_level=True)
+
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """The tiny models, slowed to ~30 ms a token so streaming is visible to the page."""
+    app = make_app()
+    for worker in app.state.workers.values():
+        model, forward = worker.engine.model, worker.engine.model.forward_cached
+
+        def slow(idx, step, forward=forward):
+            time.sleep(0.03)
+            return forward(idx, step)
+
+        model.forward_cached = slow
+    with Server(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page(slow_server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(slow_server.url + "/")
+        yield page
+        browser.close()
+        assert not errors, errors
+
+
+def test_page_streams_a_reply(page):
+    page.wait_for_function("document.querySelectorAll('#model option').length == 2")
+    page.select_option("#model", "tiny-b")
+    page.fill("#max-tokens", "30")  # the prompt takes 28 of the 64 positions
+    page.fill("#prompt", "Hello there")
+    page.click("#send")
+    user = page.locator(".message.user .content").last
+    assert user.text_content() == "Hello there"
+    reply = page.locator(".message.assistant .content").last
+    # text appears while the stream is still running, and keeps growing
+    page.wait_for_function(
+        "document.querySelector('.message.assistant.streaming .content')?.textContent.length > 0"
+    )
+    first = len(reply.text_content())
+    page.wait_for_function(
+        f"(document.querySelector('.message.assistant .content')?.textContent.length ?? 0) > "
+        f"{first}"
+    )
+    page.wait_for_selector(".message.assistant .finish", timeout=20_000)
+    assert len(reply.text_content()) > first
+    assert "stopped" in page.locator(".message.assistant .finish").last.text_content()
+    assert page.is_enabled("#send") and not page.is_enabled("#stop")
+
+
+def test_stop_button_ends_the_stream(page):
+    page.click("#reset")
+    page.fill("#max-tokens", "30")
+    page.fill("#prompt", "Tell me more")
+    page.click("#send")
+    page.wait_for_function(
+        "document.querySelector('.message.assistant.streaming .content')?.textContent.length > 0"
+    )
+    page.click("#stop")
+    page.wait_for_selector(".message.assistant .finish")
+    assert "by user" in page.locator(".message.assistant .finish").last.text_content()
+    assert page.is_enabled("#send")
