@@ -12,7 +12,6 @@ import shutil
 import time
 
 import pytest
-
 from tests.serve.conftest import Server, make_app
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -25,7 +24,6 @@ if not os.path.exists(CHROMIUM):
     if os.environ.get("CI"):
         pytest.fail(f"CI needs Chromium for the browser test; {CHROMIUM} is missing")
     pytest.skip("no Chromium installed (apt install chromium)", allow_module_level=True)
-
 
 
 @pytest.fixture(scope="module")

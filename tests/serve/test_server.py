@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from tests.serve.conftest import Server, make_app
 
 from gptlab.cli.main import main
-from tests.serve.conftest import Server, make_app
 
 openai = pytest.importorskip("openai")
 
