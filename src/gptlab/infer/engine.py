@@ -111,8 +111,8 @@ class Engine:
     ) -> None:
         cfg = model.cfg
         capacity = cfg.seq_len if capacity is None else capacity
-        if not 1 <= capacity <= cfg.seq_len:
-            raise ValueError(f"cache capacity must be in 1..{cfg.seq_len}, got {capacity}")
+        if not 2 <= capacity <= cfg.seq_len:  # a shift keeps >= 1 token and adds the next
+            raise ValueError(f"cache capacity must be in 2..{cfg.seq_len}, got {capacity}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         weight = model.wte.weight
@@ -128,7 +128,7 @@ class Engine:
         self.running: list[Sequence] = []  # sorted by row
         self.free_rows = list(range(max_batch))
         self._ids = itertools.count()
-        self._sampler: tuple[tuple[int, ...], Sampler] | None = None
+        self._sampler: tuple[list[Sequence], Sampler] | None = None
         self._seen: torch.Tensor | None = None  # (max_batch, V) for penalties, made on demand
         self._counts: torch.Tensor | None = None
 
@@ -260,19 +260,23 @@ class Engine:
         if self.overflow == "error":
             self._finish(seq, "length", events)
             return
-        keep = max(1, self.capacity // 2)
+        keep = self.capacity // 2  # >= 1, and leaves room for the newest token
         self._prefill(seq.row, seq.tokens[-1 - keep : -1])  # the newest token is fed next
 
     # -- sampling and bookkeeping ------------------------------------------------------------
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor, events: list[Event]) -> None:
-        key = tuple(id(s) for s in seqs)
-        if self._sampler is None or self._sampler[0] != key:
+        # the per-row settings become tensors once per set of rows, not at every step (compared
+        # by identity: a finished Sequence's id() may be reused by a new one)
+        cached = self._sampler
+        if cached is None or len(cached[0]) != len(seqs) or any(
+            a is not b for a, b in zip(cached[0], seqs, strict=True)
+        ):
             sampler = Sampler(
                 [s.request.params for s in seqs], [s.generator for s in seqs], self.device
             )
-            self._sampler = (key, sampler)
-        sampler = self._sampler[1]
+            self._sampler = cached = (list(seqs), sampler)
+        sampler = cached[1]
         seen = counts = None
         if sampler.penalised:
             rows = torch.tensor([s.row for s in seqs], device=self.device)
