@@ -269,8 +269,10 @@ class Engine:
         # the per-row settings become tensors once per set of rows, not at every step (compared
         # by identity: a finished Sequence's id() may be reused by a new one)
         cached = self._sampler
-        if cached is None or len(cached[0]) != len(seqs) or any(
-            a is not b for a, b in zip(cached[0], seqs, strict=True)
+        if (
+            cached is None
+            or len(cached[0]) != len(seqs)
+            or any(a is not b for a, b in zip(cached[0], seqs, strict=True))
         ):
             sampler = Sampler(
                 [s.request.params for s in seqs], [s.generator for s in seqs], self.device
