@@ -256,7 +256,8 @@ def gens(*seeds: int) -> list[torch.Generator]:
 def test_sampler_all_greedy_is_argmax():
     logits = torch.randn(5, 17)
     params = [SamplingParams(temperature=0)] * 5
-    assert Sampler(params, gens(*range(5)), "cpu")(logits) == logits.argmax(-1).tolist()
+    sampler = Sampler(params, gens(*range(5)), "cpu", logits.size(-1))
+    assert sampler(logits) == logits.argmax(-1).tolist()
 
 
 def test_sampler_mixed_greedy_and_sampled_rows():
@@ -269,7 +270,7 @@ def test_sampler_mixed_greedy_and_sampled_rows():
         SamplingParams(temperature=0),
     ]
     seen = set()
-    sampler = Sampler(params, gens(0, 1, 2), "cpu")
+    sampler = Sampler(params, gens(0, 1, 2), "cpu", logits.size(-1))
     for _ in range(50):
         a, b, c = sampler(logits)
         assert a == 2 and c == 2
@@ -281,7 +282,7 @@ def test_sampler_mixed_greedy_and_sampled_rows():
 def test_sampler_matches_draw_with_its_generator():
     logits = torch.randn(2, 12, generator=torch.Generator().manual_seed(5))
     params = [SamplingParams(temperature=0.8, top_k=6), SamplingParams(temperature=1.2, top_p=0.9)]
-    sampler = Sampler(params, gens(10, 11), "cpu")
+    sampler = Sampler(params, gens(10, 11), "cpu", logits.size(-1))
     shadow = gens(10, 11)
     probs, order = sampling_probs(
         logits, sampler.temperature, sampler.top_k, sampler.top_p, sampler.min_p
@@ -296,7 +297,7 @@ def test_sampler_seeded_generator_reproduces():
     params = [SamplingParams(temperature=1.0)] * 2
 
     def run(seeds):
-        sampler = Sampler(params, gens(*seeds), "cpu")
+        sampler = Sampler(params, gens(*seeds), "cpu", logits.size(-1))
         return [sampler(logits) for _ in range(30)]
 
     assert run((1, 2)) == run((1, 2))
@@ -313,13 +314,13 @@ def test_sampler_penalties_change_choice():
         SamplingParams(temperature=0, repetition_penalty=1.2),
         SamplingParams(temperature=0),
     ]
-    assert Sampler(params, gens(0, 1), "cpu")(logits, seen, counts) == [1, 0]
+    assert Sampler(params, gens(0, 1), "cpu", logits.size(-1))(logits, seen, counts) == [1, 0]
 
 
 def test_sampler_empirical_frequencies():
     logits = torch.tensor([[2.0, 0.5, 1.5, -1.0, 1.0, 0.0]])
     params = [SamplingParams(temperature=0.8, top_k=4, min_p=0.1)]
-    sampler = Sampler(params, gens(1234), "cpu")
+    sampler = Sampler(params, gens(1234), "cpu", logits.size(-1))
     probs, order = sampling_probs(
         logits, sampler.temperature, sampler.top_k, sampler.top_p, sampler.min_p
     )
@@ -381,3 +382,19 @@ def test_sample_config_params():
     assert p.max_new_tokens == cfg.max_new_tokens
     with pytest.raises(ValueError):
         SampleConfig(num_samples=0)
+
+
+def test_sampler_without_filters_draws_from_the_softmax():
+    """No top-k/top-p/min-p (top_k >= V counts as none): the fast path without a sort."""
+    logits = torch.tensor([[1.0, 0.0, 2.0, -0.5, 0.5]])
+    params = [SamplingParams(temperature=0.7, top_k=50)]
+    sampler = Sampler(params, gens(7), "cpu", logits.size(-1))
+    assert not sampler.filtered
+    expected = (logits[0] / 0.7).softmax(-1).double()
+    n = 4000
+    counts = torch.zeros(5, dtype=torch.float64)
+    for _ in range(n):
+        counts[sampler(logits)[0]] += 1
+    chi2 = ((counts - n * expected) ** 2 / (n * expected)).sum()
+    assert chi2 < 18.5  # chi-square, 4 degrees of freedom: p = 0.001
+    assert Sampler([SamplingParams(top_k=3)], gens(7), "cpu", 5).filtered

@@ -275,7 +275,10 @@ class Engine:
             or any(a is not b for a, b in zip(cached[0], seqs, strict=True))
         ):
             sampler = Sampler(
-                [s.request.params for s in seqs], [s.generator for s in seqs], self.device
+                [s.request.params for s in seqs],
+                [s.generator for s in seqs],
+                self.device,
+                self.vocab_size,
             )
             self._sampler = cached = (list(seqs), sampler)
         sampler = cached[1]

@@ -70,13 +70,13 @@ def vocab_order(probs: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(probs).scatter_(-1, order, probs)
 
 
-def draw(probs: torch.Tensor, order: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sample of each row: sorted probs (B, V), token ids (B, V), uniforms (B,)
-    in [0, 1) -> token ids (B,)."""
+def draw(probs: torch.Tensor, order: torch.Tensor | None, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sample of each row: probs (B, V), the token id at each place (B, V) or None
+    when probs are in id order, uniforms (B,) in [0, 1) -> token ids (B,)."""
     cdf = probs.cumsum(dim=-1)  # (B, V)
     place = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)  # (B, 1)
     place = place.clamp(max=probs.size(-1) - 1)
-    return order.gather(-1, place)[:, 0]  # (B,)
+    return (place if order is None else order.gather(-1, place))[:, 0]  # (B,)
 
 
 class Sampler:
@@ -87,7 +87,11 @@ class Sampler:
     """
 
     def __init__(
-        self, params: list[SamplingParams], generators: list[torch.Generator], device
+        self,
+        params: list[SamplingParams],
+        generators: list[torch.Generator],
+        device,
+        vocab_size: int,
     ) -> None:
         self.params, self.generators = params, generators
 
@@ -97,7 +101,10 @@ class Sampler:
         self.greedy = [p.temperature == 0 for p in params]
         self.all_greedy = all(self.greedy)
         self.penalised = any(p.penalised for p in params)
+        # top-k, top-p and min-p need the sorted distribution; without them, skip the sort
+        self.filtered = any(0 < p.top_k < vocab_size or p.top_p < 1 or p.min_p > 0 for p in params)
         self.temperature = col("temperature")
+        self.tau = torch.where(self.temperature > 0, self.temperature, 1.0)[:, None]  # (B, 1)
         self.top_k = col("top_k", torch.long)
         self.top_p, self.min_p = col("top_p"), col("min_p")
         self.repetition = col("repetition_penalty")
@@ -118,9 +125,12 @@ class Sampler:
         greedy = logits.argmax(dim=-1).tolist() if any(self.greedy) else None
         if self.all_greedy:
             return greedy
-        probs, order = sampling_probs(
-            logits, self.temperature, self.top_k, self.top_p, self.min_p
-        )  # (B, V) x 2
+        if self.filtered:
+            probs, order = sampling_probs(
+                logits, self.temperature, self.top_k, self.top_p, self.min_p
+            )  # (B, V) x 2, sorted
+        else:
+            probs, order = (logits.float() / self.tau).softmax(dim=-1), None  # (B, V)
         u = torch.stack([torch.rand((), generator=g) for g in self.generators])  # (B,)
         ids = draw(probs, order, u.to(probs.device)).tolist()
         if greedy is None:

@@ -28,7 +28,7 @@ from torch import nn
 from gptlab.model.attention import AttnContext, CausalSelfAttention
 from gptlab.model.config import ModelConfig
 from gptlab.model.kv_cache import CacheStep
-from gptlab.model.layers import Rotary, make_mlp, make_norm
+from gptlab.model.layers import Rotary, make_dropout, make_mlp, make_norm
 from gptlab.model.moe import MoE
 
 Stats = dict[str, torch.Tensor]
@@ -44,7 +44,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = make_norm(cfg)
         self.mlp = MoE(cfg) if moe else make_mlp(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = make_dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> tuple[torch.Tensor, Stats | None]:
         x = x + self.drop(self.attn(self.ln_1(x), ctx))  # (B, T, C)
@@ -77,7 +77,7 @@ class GPT(nn.Module):
             self.wpe = nn.Embedding(cfg.seq_len, C)
         if cfg.pos_emb == "rope":
             self.rotary = Rotary(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = make_dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             Block(cfg, i, moe=cfg.is_moe_layer(i)) for i in range(cfg.n_layer)
         )

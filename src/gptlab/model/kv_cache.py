@@ -95,6 +95,7 @@ class CacheStep:
     ) -> None:
         self.cache, self.rows, self.starts, self.T, self.n_new = cache, rows, starts, T, n_new
         self.B = len(starts)
+        self.all_rows = rows.indices(cache.batch) == (0, cache.batch, 1)
         self.uniform = len(set(starts)) == 1  # all rows write the same slots
         self.full = all(n == T for n in n_new)  # no right padding
         self.S = max(starts) + T  # key slots in use after the write
@@ -116,16 +117,18 @@ class CacheStep:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new k, v (B, Hkv, T, D) of `layer`; return all keys and values so far,
         (B, Hkv, S, D) views of the cache."""
-        kc, vc = self.cache.k[layer][self.rows], self.cache.v[layer][self.rows]
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        if not self.all_rows:
+            kc, vc = kc[self.rows], vc[self.rows]
         if self.uniform:
             s = self.starts[0]
-            kc[:, :, s : s + self.T] = k
-            vc[:, :, s : s + self.T] = v
+            kc.narrow(2, s, self.T).copy_(k)
+            vc.narrow(2, s, self.T).copy_(v)
         else:
             for b, s in enumerate(self.starts):  # rows at different lengths (decoding a batch)
-                kc[b, :, s : s + self.T] = k[b]
-                vc[b, :, s : s + self.T] = v[b]
-        return kc[:, :, : self.S], vc[:, :, : self.S]
+                kc[b].narrow(1, s, self.T).copy_(k[b])
+                vc[b].narrow(1, s, self.T).copy_(v[b])
+        return kc.narrow(2, 0, self.S), vc.narrow(2, 0, self.S)
 
     def simple(self, window: int | None) -> tuple[bool, bool]:
         """(no mask at all, plain causal): the fast cases SDPA handles without a dense mask."""

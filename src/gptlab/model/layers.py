@@ -67,6 +67,11 @@ class SwiGLUMLP(nn.Module):
 MLPS: dict[str, type[nn.Module]] = {"gelu": GeluMLP, "relu2": Relu2MLP, "swiglu": SwiGLUMLP}
 
 
+def make_dropout(p: float) -> nn.Module:
+    """Dropout, or an identity when p is 0 (cheaper per call, which matters when decoding)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def make_mlp(cfg: ModelConfig, d_ff: int | None = None) -> nn.Module:
     return MLPS[cfg.mlp](cfg, d_ff or cfg.ff_width)
 
