@@ -246,3 +246,37 @@ def test_info_for_presets_and_runs(cli_env, capsys, text_file):
 def test_info_bad_input(cli_env, capsys, args, needle):
     assert main(["info", *args]) != 0
     assert needle in _one_error_line(capsys)
+
+
+def test_chat_continues_text_and_runs_commands(cli_env, capsys, monkeypatch, text_file):
+    """`gptlab chat` on a base model: each line is continued; /commands change settings,
+    /reset clears the history, bad values and unknown commands are reported, /quit leaves."""
+    import io
+
+    assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
+    capsys.readouterr()
+    lines = ["the", "/temperature 0", "/top_k 0", "/temperature -1", "/bogus", "/history",
+             "and", "/reset", "/history", "\u2603", "/quit", "never read"]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert main(["chat", "r", "--max-new-tokens", "8", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "base model: it continues your text" in out
+    assert "(temperature = 0.0)" in out and "(top_k = 0)" in out
+    assert "(not changed: temperature must be >= 0" in out
+    assert "(unknown command /bogus" in out
+    assert "(conversation reset)" in out and "(empty)" in out
+    assert "(error: the prompt cannot be encoded" in out
+    assert "never read" not in out
+
+
+def test_chat_with_a_transcript_template(cli_env, capsys, monkeypatch, text_file):
+    import io
+
+    assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/history\n"))
+    args = ["chat", "r", "--template", "transcript", "--max-new-tokens", "5", "--system", "be"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "chat format transcript" in out
+    assert "[system] be" in out and "[user] hello" in out and "[assistant]" in out
