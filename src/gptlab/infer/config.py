@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 
-def _check_sampling(p) -> None:
-    """Shared checks of the sampling fields of SamplingParams and SampleConfig."""
+def _check_sampling(p: SamplingParams) -> None:
     if p.max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {p.max_new_tokens}")
     if p.temperature < 0:
@@ -69,8 +68,9 @@ class SamplingParams:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SampleConfig:
-    """What `gptlab sample` generates; the sampling fields mean what SamplingParams says."""
+class SampleConfig(SamplingParams):
+    """What `gptlab sample` generates: a prompt, how many samples, and SamplingParams' fields
+    (with defaults for printing Shakespeare: nanoGPT's 500 tokens, temperature 0.8, top-k 200)."""
 
     prompt: str = "\n"
     """Text to continue; '@path' reads it from a file."""
@@ -81,25 +81,13 @@ class SampleConfig:
     """Softmax temperature: <1 sharper, >1 more random, 0 is greedy decoding."""
     top_k: int = 200
     """Sample only among the k most likely tokens (0 disables top-k)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the most likely tokens up to this total probability (1 = off)."""
-    min_p: float = 0.0
-    """Drop tokens less likely than min_p times the most likely one (0 = off)."""
-    repetition_penalty: float = 1.0
-    """Penalise tokens already seen: logit / r if positive, logit * r if negative (1 = off)."""
-    frequency_penalty: float = 0.0
-    """Subtract this times the token's count in the output so far (0 = off)."""
-    presence_penalty: float = 0.0
-    """Subtract this from every token already in the output (0 = off)."""
-    stop: tuple[str, ...] = ()
-    """Stop a sample at any of these strings."""
     seed: int = 1337
     """Seed of the sampling generator: the same seed gives the same text."""
     num_samples: int = 1
     """How many independent samples to draw (they share one pass over the prompt)."""
 
     def __post_init__(self) -> None:
-        _check_sampling(self)
+        super().__post_init__()
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
 
