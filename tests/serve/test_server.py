@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import httpx
@@ -182,3 +183,9 @@ def test_serve_cli_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", "x", "--port", "70000"]) == 2
     assert "not a TCP port" in capsys.readouterr().err
+    with socket.socket() as busy:  # a port someone else holds
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tmp_path), "--port", str(port)]) == 1
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err

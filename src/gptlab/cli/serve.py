@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -60,6 +61,24 @@ def _named(entries: tuple[str, ...]) -> dict[str, Path]:
     return named
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail with one line now if the address cannot be bound (uvicorn would exit later)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host!r} is not an address this machine has ({e})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise GptlabError(
+                f"cannot listen on {host}:{port} ({e.strerror}); is another server running "
+                "there? pick another with --port"
+            ) from None
+
+
 def run(argv: list[str]) -> int:
     args = parse(ServeArgs, argv, prog="gptlab serve")
     try:
@@ -79,6 +98,7 @@ def run(argv: list[str]) -> int:
         raise UsageError(f"--port {args.port} is not a TCP port (1..65535)")
     if args.max_batch < 1 or args.max_tokens < 1 or args.max_n < 1:
         raise UsageError("--max-batch, --max-tokens and --max-n must be >= 1")
+    _check_port(args.host, args.port)
     limits = Limits(max_tokens=args.max_tokens, max_n=min(args.max_n, args.max_batch))
     device = pick_device(args.device)
     workers = {}
@@ -92,8 +112,5 @@ def run(argv: list[str]) -> int:
                     "use it (set --api-key)", args.host)  # fmt: skip
     app = create_app(workers, api_key=api_key, limits=limits)
     print(f"serving {', '.join(workers)} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    except OSError as e:
-        raise GptlabError(f"cannot listen on {args.host}:{args.port} ({e.strerror})") from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
