@@ -5,9 +5,10 @@ A real uvicorn server runs on 127.0.0.1 in this process (its own thread); client
 async streams in the main thread, so the numbers include HTTP, JSON and server-sent events.
 The model is the shakespeare_char shape (6 layers, 384 wide, context 256) with random weights,
 or a trained run given with --run. Each client asks /v1/completions for --new-tokens tokens
-(min_p/top-k off, temperature 0.8, its own seed) with "stream": true.
+(min_p/top-k off, temperature 0.8, its own seed) with "stream": true. Like `gptlab serve`,
+the model gets all CPU cores but one (--threads), leaving one to the HTTP side.
 
-    python benchmarks/serve_load.py [--clients 8] [--new-tokens 200] [--run runs/x]
+    python benchmarks/serve_load.py [--clients 8] [--new-tokens 200] [--threads 1] [--run runs/x]
 
 Output: one JSON line per scenario (1 client, then N concurrent clients): time to first token
 (median and worst), tokens/s summed over clients, and a summary line with the throughput ratio
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import socket
 import statistics
 import string
@@ -116,8 +118,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="torch threads; default as gptlab serve: all cores but one")  # fmt: skip
     ap.add_argument("--run", type=Path, help="serve this trained run instead of random weights")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     loaded = (load_for_inference(a.run, "best", torch.device("cpu")) if a.run
               else random_model())  # fmt: skip
     worker = ModelWorker("bench", loaded, chat_format(loaded.tokenizer, loaded.config),

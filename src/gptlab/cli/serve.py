@@ -45,6 +45,9 @@ class ServeArgs:
     """Most new tokens a request may ask for (and the chat default)."""
     max_n: int = 8
     """Most choices (n) per request."""
+    threads: int | None = None
+    """CPU threads for the model; default on a CPU: all cores but one, which is left to the
+    HTTP server (its event loop otherwise fights the model's threads for the cores)."""
     api_key: str | None = None
     """Require 'Authorization: Bearer KEY' on /v1 (default: $GPTLAB_API_KEY, else none)."""
 
@@ -101,6 +104,12 @@ def run(argv: list[str]) -> int:
     _check_port(args.host, args.port)
     limits = Limits(max_tokens=args.max_tokens, max_n=min(args.max_n, args.max_batch))
     device = pick_device(args.device)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads or device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     workers = {}
     for name, path in _named(args.run_dirs).items():
         loaded = load_for_inference(path, args.checkpoint, device, args.dtype)
