@@ -20,6 +20,8 @@ all sampling with temperature 0.8 and top-k 200:
     engine        gptlab.infer.Engine(max_batch=batch): the prompt submitted as `batch` separate
                   requests (one seed each), decoded together over the KV cache. The engine and
                   its preallocated cache are built once per batch size, outside the timing.
+    engine_compiled  the same with Engine(compile=True): torch.compile'd forward passes (the
+                  warm-up run pays the compilation; `gptlab sample/chat/serve --compile`).
     transformers  GPT2LMHeadModel.generate(use_cache=True) on a (batch, 1) prompt.
     no_cache      the baseline: a nanoGPT-style loop that reruns the gptlab model over the whole
                   context (cropped to seq_len) for every new token.
@@ -61,7 +63,8 @@ except ImportError:
         "installed: pip install transformers"
     ) from None
 
-METHODS = ("engine", "transformers", "no_cache")
+METHODS = ("engine", "engine_compiled", "transformers", "no_cache")
+OURS = ("engine", "engine_compiled")
 TEMPERATURE, TOP_K = 0.8, 200  # the sampling settings of `gptlab sample`
 CHECK_TOKENS = 50  # greedy tokens compared by the conversion check
 WARMUP_TOKENS = 8
@@ -214,13 +217,16 @@ def check_conversion(model: GPT, hf: GPT2LMHeadModel, engine: Engine, device) ->
 
 
 def method_runs(
-    model: GPT, hf: GPT2LMHeadModel, engine: Engine, batch: int, args: argparse.Namespace
+    model: GPT, hf: GPT2LMHeadModel, batch: int, args: argparse.Namespace
 ) -> dict[str, Callable[[int], object]]:
     """Each method as a function of the number of new tokens, for one batch size."""
     token, temp, seed = args.prompt_token, TEMPERATURE, args.seed
     prompt = torch.full((batch, 1), token, device=args.device)  # the same prompt in every row
+    engine = Engine(model, max_batch=batch)  # its cache is allocated once, here
+    compiled = Engine(model, max_batch=batch, compile=True)  # compiles in its warm-up run
     return {
         "engine": lambda n: engine_generate(engine, [token], batch, n, temp, seed),
+        "engine_compiled": lambda n: engine_generate(compiled, [token], batch, n, temp, seed),
         "transformers": lambda n: transformers_generate(hf, prompt, n, temp, seed),
         "no_cache": lambda n: no_cache_generate(model, prompt, n, temp, seed),
     }
@@ -256,7 +262,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--prompt-token", type=int, default=0, help="0 is '\\n' in the char vocab")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                    help="which to run (the engine always runs: ratios are to it)")  # fmt: skip
+                    help="which methods to run")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="50 new tokens, 1 repeat: a smoke test")
     a = ap.parse_args()
     new_tokens, repeats = (50, 1) if a.quick else (a.new_tokens, a.repeats)
@@ -278,9 +284,8 @@ def main() -> None:
 
     results: list[dict] = []
     for batch in a.batches:
-        engine = Engine(model, max_batch=batch)  # its cache is allocated once, here
-        runs = method_runs(model, hf, engine, batch, a)
-        for method in ["engine", *(m for m in a.methods if m != "engine")]:
+        runs = method_runs(model, hf, batch, a)
+        for method in a.methods:
             seconds = best_seconds(runs[method], new_tokens, repeats, device)
             r = {
                 "method": method,
@@ -293,27 +298,28 @@ def main() -> None:
 
     speed = {(r["method"], r["batch"]): r["tokens_per_s"] for r in results}
 
-    def ratio(other: str) -> dict[str, float]:
-        return {str(b): round(speed["engine", b] / speed[other, b], 2)
-                for b in a.batches if (other, b) in speed}  # fmt: skip
+    def ratio(ours: str, other: str) -> dict[str, float]:
+        return {str(b): round(speed[ours, b] / speed[other, b], 2)
+                for b in a.batches if (ours, b) in speed and (other, b) in speed}  # fmt: skip
 
-    vs_hf, vs_none = ratio("transformers"), ratio("no_cache")
-    met = vs_hf["1"] >= 2.0 if "1" in vs_hf and device.type == "cpu" else None
-    print(json.dumps({"summary": {"engine_vs_transformers": vs_hf, "engine_vs_no_cache": vs_none,
-                                  "tokens_match": check["tokens_match"], "target": TARGET,
-                                  "target_met": met, "quick": a.quick}}))  # fmt: skip
+    ratios = {f"{ours}_vs_{other}": ratio(ours, other)
+              for ours in OURS for other in ("transformers", "no_cache")}  # fmt: skip
+    met = {ours: ratios[f"{ours}_vs_transformers"]["1"] >= 2.0
+           for ours in OURS if "1" in ratios[f"{ours}_vs_transformers"]}  # fmt: skip
+    print(json.dumps({"summary": {**ratios, "tokens_match": check["tokens_match"],
+                                  "target": TARGET, "target_met": met,
+                                  "quick": a.quick}}))  # fmt: skip
 
     lines = [
-        "| method | batch | tokens/s | seconds | engine speedup |",
-        "|---|---|---|---|---|",
+        "| method | batch | tokens/s | seconds | engine speedup | engine_compiled speedup |",
+        "|---|---|---|---|---|---|",
     ]
     for r in results:
-        b = str(r["batch"])
-        speedup = {m: f"{v[b]:.2f}x" for m, v in (("transformers", vs_hf), ("no_cache", vs_none))
-                   if b in v}  # fmt: skip
+        b, m = str(r["batch"]), r["method"]
+        cells = [f"{ratios[f'{o}_vs_{m}'][b]:.2f}x" if f"{o}_vs_{m}" in ratios and
+                 b in ratios[f"{o}_vs_{m}"] else "-" for o in OURS]  # fmt: skip
         lines.append(
-            f"| {r['method']} | {b} | {r['tokens_per_s']:.1f} | {r['seconds']:.2f} | "
-            f"{speedup.get(r['method'], '-')} |"
+            f"| {m} | {b} | {r['tokens_per_s']:.1f} | {r['seconds']:.2f} | {' | '.join(cells)} |"
         )
     lines.append(
         f"\ngreedy tokens match transformers: {check['tokens_match']}; "

@@ -482,3 +482,21 @@ def test_capacity_two_shifts_to_the_newest_token(model):
             want.append(nxt)
             ctx = [*ctx, nxt] if len(ctx) < 2 else [ctx[-1], nxt]
     assert seq.generated == want
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_eager(model):
+    """Engine(compile=True): the same tokens as eager for a batch of prompts of different
+    lengths, greedy and seeded, including context shifts (the cache length, the batch and the
+    prompt length all vary, so the compiled forward must handle dynamic shapes)."""
+    prompts = [prompt_of(5, 1), prompt_of(9, 2)]
+    params = [
+        SamplingParams(temperature=0, max_new_tokens=40),  # past seq_len 32: shifts
+        SamplingParams(temperature=0.9, top_p=0.8, seed=4, max_new_tokens=12),
+    ]
+
+    def run(compile: bool) -> list[list[int]]:
+        engine = Engine(model, max_batch=2, compile=compile)
+        return [only(r).generated for r in engine.generate(prompts, params)]
+
+    assert run(compile=True) == run(compile=False)

@@ -36,6 +36,8 @@ class ChatArgs:
     """Compute dtype of the weights and KV cache; auto = bf16 on a GPU, fp32 on a CPU."""
     template: TemplateName | Literal["none"] = "auto"
     """Chat format: auto = the run's own (chat-tuned) or none (a base model continues text)."""
+    compile: bool = False
+    """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
     system: str = ""
     """System message at the start of the conversation (chat formats only)."""
     temperature: float = 0.8
@@ -118,7 +120,7 @@ def run(argv: list[str]) -> int:
     if template == "auto":
         template = "auto" if is_chat_model(loaded.config) else "none"
     fmt = None if template == "none" else chat_format(loaded.tokenizer, loaded.config, template)
-    engine = Engine(loaded.model, loaded.tokenizer, max_batch=1)
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, compile=args.compile)
     session = ChatSession(engine, loaded.tokenizer, fmt, params, args.system)
     interactive = sys.stdin.isatty()
     if interactive:

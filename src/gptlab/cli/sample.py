@@ -39,6 +39,8 @@ class SampleArgs:
     """'auto', cpu, cuda or mps."""
     dtype: Dtype = "auto"
     """Compute dtype of the weights and KV cache; auto = bf16 on a GPU, fp32 on a CPU."""
+    compile: bool = False
+    """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
     sample: Annotated[SampleConfig, tyro.conf.arg(name="")] = SampleConfig()
 
 
@@ -64,7 +66,9 @@ def run(argv: list[str]) -> int:
     tok = loaded.tokenizer
     ids = prompt_ids(tok, _read_prompt(sc.prompt))
     capacity = min(loaded.model.cfg.seq_len, len(ids) + max(sc.max_new_tokens, 1))
-    engine = Engine(loaded.model, tok, max_batch=sc.num_samples, capacity=capacity)
+    engine = Engine(
+        loaded.model, tok, max_batch=sc.num_samples, capacity=capacity, compile=args.compile
+    )
     prompt_text = tok.decode(ids[1:] if tok.bos_id is not None else ids)
     request = engine.submit(ids, sc.params(), n=sc.num_samples)
     if sc.num_samples == 1:  # stream: the prompt, then each piece as it is released

@@ -39,6 +39,8 @@ class ServeArgs:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     template: TemplateName = "auto"
     """Chat format for /v1/chat/completions: the run's own, else a User:/Assistant: transcript."""
+    compile: bool = False
+    """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
     max_batch: int = 8
     """Cache rows per model: how many samples decode together; more requests wait."""
     max_tokens: int = 1024
@@ -114,7 +116,7 @@ def run(argv: list[str]) -> int:
     for name, path in _named(args.run_dirs).items():
         loaded = load_for_inference(path, args.checkpoint, device, args.dtype)
         fmt = chat_format(loaded.tokenizer, loaded.config, args.template)
-        workers[name] = ModelWorker(name, loaded, fmt, max_batch=args.max_batch)
+        workers[name] = ModelWorker(name, loaded, fmt, args.max_batch, compile=args.compile)
     api_key = args.api_key or os.environ.get("GPTLAB_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("warning: serving on %s without an API key: anyone who can reach it can "

@@ -16,6 +16,10 @@ and draws the next. Samples finish on EOS, a stop token or string, or max_new_to
 their rows for the next waiting request (continuous batching). Rows of different lengths decode
 together; model/kv_cache.py explains how.
 
+`compile=True` runs each forward through torch.compile: the first steps compile (seconds to a
+minute), then decoding runs with fused kernels and far less per-operation overhead, which is
+what limits batch-1 decoding on a CPU.
+
 Past the context: a row holds at most `capacity` tokens (<= the model's seq_len). When a sample
 needs more, `overflow="shift"` keeps its last capacity/2 tokens and recomputes the cache from
 them (positions start again at 0, so every architecture stays exactly what it was trained on;
@@ -108,6 +112,7 @@ class Engine:
         max_batch: int = 8,
         capacity: int | None = None,
         overflow: Overflow = "shift",
+        compile: bool = False,
     ) -> None:
         cfg = model.cfg
         capacity = cfg.seq_len if capacity is None else capacity
@@ -117,6 +122,10 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         weight = model.wte.weight
         self.model, self.tokenizer, self.overflow = model, tokenizer, overflow
+        # torch.compile fuses each step's many small kernels and removes most per-op Python
+        # overhead: the decode step is compiled once the cache length varies (dynamic shapes),
+        # so after a warm-up of two or three compilations nothing recompiles
+        self.forward = torch.compile(model.forward_cached) if compile else model.forward_cached
         self.device, self.vocab_size = weight.device, cfg.vocab_size
         self.cache = KVCache(
             cfg.n_layer, max_batch, cfg.kv_heads, capacity, cfg.head_dim,
@@ -225,7 +234,7 @@ class Engine:
         self.cache.reset(row)
         idx = torch.tensor([tokens], dtype=torch.long, device=self.device)  # (1, T)
         step = self.cache.begin(slice(row, row + 1), len(tokens))
-        logits = self.model.forward_cached(idx, step)  # (1, V)
+        logits = self.forward(idx, step)  # (1, V)
         step.commit()
         return logits
 
@@ -247,7 +256,7 @@ class Engine:
             self.cache.lengths[r] = 0
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
         step = self.cache.begin(slice(lo, hi), 1)
-        logits = self.model.forward_cached(idx, step)  # (B, V)
+        logits = self.forward(idx, step)  # (B, V)
         step.commit()
         for r in idle:
             self.cache.lengths[r] = 0

@@ -43,13 +43,20 @@ class Handle:
 class ModelWorker:
     """A named model, its engine and the thread that steps it."""
 
-    def __init__(self, name: str, loaded: Loaded, fmt: ChatFormat, max_batch: int = 8) -> None:
+    def __init__(
+        self,
+        name: str,
+        loaded: Loaded,
+        fmt: ChatFormat,
+        max_batch: int = 8,
+        compile: bool = False,
+    ) -> None:
         self.name, self.loaded, self.fmt = name, loaded, fmt
         self.tokenizer = loaded.tokenizer
         self.context = loaded.model.cfg.seq_len
         # requests are checked against the context, so a full row ends the sample ("length")
         self.engine = Engine(loaded.model, loaded.tokenizer, max_batch=max_batch,
-                             overflow="error")  # fmt: skip
+                             overflow="error", compile=compile)  # fmt: skip
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.handles: dict[int, Handle] = {}  # engine request id -> handle
         self.cancelled = 0  # requests stopped before they finished (clients that went away)
