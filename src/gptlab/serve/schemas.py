@@ -156,10 +156,11 @@ def _max_new(
 ) -> int:
     """New tokens per choice: what was asked, checked against the limit and the context."""
     room = context - prompt_len
+    noun = "conversation" if prompt == "messages" else "prompt"
     if room < 1:
         raise APIError(
-            400, f"the {prompt} has {prompt_len} tokens but the model's context is {context}; "
-            f"shorten the {prompt}", prompt, "context_length_exceeded",
+            400, f"the {noun} has {prompt_len} tokens but the model's context is {context}; "
+            f"shorten the {noun}", prompt, "context_length_exceeded",
         )  # fmt: skip
     if asked is None:
         return min(limits.max_tokens, room)
@@ -170,7 +171,7 @@ def _max_new(
         )  # fmt: skip
     if asked > room:
         raise APIError(
-            400, f"the model's context is {context} tokens: the prompt has {prompt_len}, so "
+            400, f"the model's context is {context} tokens: the {noun} has {prompt_len}, so "
             f"{param} can be at most {room}, not {asked}", param, "context_length_exceeded",
         )  # fmt: skip
     return asked
