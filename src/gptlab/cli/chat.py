@@ -40,15 +40,10 @@ class ChatArgs:
     """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
     system: str = ""
     """System message at the start of the conversation (chat formats only)."""
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 0.95
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 256
-    """Most tokens per reply."""
-    seed: int | None = None
-    """Seed of the first reply (later replies add 1 each); None = random."""
+    sampling: Annotated[SamplingParams, tyro.conf.arg(name="")] = SamplingParams(
+        temperature=0.8, top_k=50, top_p=0.95, max_new_tokens=256
+    )
+    """How replies are sampled (--seed seeds the first reply; later ones add 1 each)."""
 
 
 COMMANDS = {
@@ -109,11 +104,7 @@ def _command(session: ChatSession, line: str) -> bool:
 
 def run(argv: list[str]) -> int:
     args = parse(ChatArgs, argv, prog="gptlab chat")
-    params = SamplingParams(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-    )  # fmt: skip
+    params = args.sampling
     loaded = load_for_inference(Path(args.run_dir), args.checkpoint, pick_device(args.device),
                                 args.dtype)  # fmt: skip
     template = args.template
