@@ -64,13 +64,15 @@ class Server:
         self.thread.join(timeout=10)
 
 
-def make_app(api_key: str | None = None, max_batch: int = 4):
+def make_app(
+    api_key: str | None = None, max_batch: int = 4, seq_len: int = 64, max_tokens: int = 48
+):
     workers = {}
     for name, seed in (("tiny-a", 0), ("tiny-b", 1)):
-        loaded = tiny_loaded(seed)
+        loaded = tiny_loaded(seed, seq_len)
         fmt = chat_format(loaded.tokenizer, loaded.config)
         workers[name] = ModelWorker(name, loaded, fmt, max_batch=max_batch)
-    return create_app(workers, api_key=api_key, limits=Limits(max_tokens=48, max_n=4))
+    return create_app(workers, api_key=api_key, limits=Limits(max_tokens=max_tokens, max_n=4))
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,13 @@ if not os.path.exists(CHROMIUM):
 
 @pytest.fixture(scope="module")
 def slow_server():
-    """The tiny models, slowed to ~30 ms a token so streaming is visible to the page."""
-    app = make_app()
+    """The tiny models (context 256), slowed to ~50 ms a token so the stream takes seconds."""
+    app = make_app(seq_len=256, max_tokens=200)
     for worker in app.state.workers.values():
         model, forward = worker.engine.model, worker.engine.model.forward_cached
 
         def slow(idx, step, forward=forward):
-            time.sleep(0.03)
+            time.sleep(0.05)
             return forward(idx, step)
 
         model.forward_cached = slow
@@ -55,33 +55,38 @@ def page(slow_server):
         assert not errors, errors
 
 
+# Records the reply's text length at every change while the message is still streaming.
+WATCH = """() => {
+  window.seen = [];
+  new MutationObserver(() => {
+    const m = document.querySelector('.message.assistant.streaming .content');
+    if (m) window.seen.push(m.textContent.length);
+  }).observe(document.querySelector('#messages'),
+             {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def test_page_streams_a_reply(page):
     page.wait_for_function("document.querySelectorAll('#model option').length == 2")
     page.select_option("#model", "tiny-b")
-    page.fill("#max-tokens", "30")  # the prompt takes 28 of the 64 positions
+    page.evaluate(WATCH)
+    page.fill("#max-tokens", "30")
     page.fill("#prompt", "Hello there")
     page.click("#send")
-    user = page.locator(".message.user .content").last
-    assert user.text_content() == "Hello there"
-    reply = page.locator(".message.assistant .content").last
-    # text appears while the stream is still running, and keeps growing
-    page.wait_for_function(
-        "document.querySelector('.message.assistant.streaming .content')?.textContent.length > 0"
-    )
-    first = len(reply.text_content())
-    page.wait_for_function(
-        f"(document.querySelector('.message.assistant .content')?.textContent.length ?? 0) > "
-        f"{first}"
-    )
-    page.wait_for_selector(".message.assistant .finish", timeout=20_000)
-    assert len(reply.text_content()) > first
+    assert page.locator(".message.user .content").last.text_content() == "Hello there"
+    page.wait_for_selector(".message.assistant .finish", timeout=30_000)
     assert "stopped" in page.locator(".message.assistant .finish").last.text_content()
+    reply = page.locator(".message.assistant .content").last.text_content()
+    # the text appeared piece by piece while streaming, not all at once at the end
+    lengths = [n for n in page.evaluate("window.seen") if n > 0]
+    assert len(set(lengths)) >= 5, lengths
+    assert lengths == sorted(lengths) and lengths[-1] <= len(reply)
     assert page.is_enabled("#send") and not page.is_enabled("#stop")
 
 
 def test_stop_button_ends_the_stream(page):
     page.click("#reset")
-    page.fill("#max-tokens", "30")
+    page.fill("#max-tokens", "200")  # 10 s of tokens: Stop comes long before the end
     page.fill("#prompt", "Tell me more")
     page.click("#send")
     page.wait_for_function(
