@@ -8,7 +8,7 @@ or a trained run given with --run. Each client asks /v1/completions for --new-to
 (min_p/top-k off, temperature 0.8, its own seed) with "stream": true. Like `gptlab serve`,
 the model gets all CPU cores but one (--threads), leaving one to the HTTP side.
 
-    python benchmarks/serve_load.py [--clients 8] [--new-tokens 200] [--threads 1] [--run runs/x]
+    python benchmarks/serve_load.py [--clients 8] [--new-tokens 200] [--threads 1] [--compile]
 
 Output: one JSON line per scenario (1 client, then N concurrent clients): time to first token
 (median and worst), tokens/s summed over clients, and a summary line with the throughput ratio
@@ -120,16 +120,17 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                     help="torch threads; default as gptlab serve: all cores but one")  # fmt: skip
+    ap.add_argument("--compile", action="store_true", help="as gptlab serve --compile")
     ap.add_argument("--run", type=Path, help="serve this trained run instead of random weights")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     loaded = (load_for_inference(a.run, "best", torch.device("cpu")) if a.run
               else random_model())  # fmt: skip
     worker = ModelWorker("bench", loaded, chat_format(loaded.tokenizer, loaded.config),
-                         max_batch=max(8, a.clients))  # fmt: skip
+                         max_batch=max(8, a.clients), compile=a.compile)  # fmt: skip
     model = str(a.run or "shakespeare_char shape, random weights")
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "model": model}))  # fmt: skip
+                      "model": model, "compile": a.compile}))  # fmt: skip
     rows = []
     with Server(create_app({"bench": worker})) as server:
         asyncio.run(scenario(server.url, 1, 8))  # warm-up

@@ -500,3 +500,10 @@ def test_compiled_engine_matches_eager(model):
         return [only(r).generated for r in engine.generate(prompts, params)]
 
     assert run(compile=True) == run(compile=False)
+
+
+def test_warm_up_leaves_the_engine_idle(model):
+    engine = Engine(model, max_batch=2)
+    engine.warm_up()
+    assert not engine.busy and sorted(engine.free_rows) == [0, 1]
+    assert engine.cache.lengths == [0, 0]

@@ -16,9 +16,9 @@ and draws the next. Samples finish on EOS, a stop token or string, or max_new_to
 their rows for the next waiting request (continuous batching). Rows of different lengths decode
 together; model/kv_cache.py explains how.
 
-`compile=True` runs each forward through torch.compile: the first steps compile (seconds to a
-minute), then decoding runs with fused kernels and far less per-operation overhead, which is
-what limits batch-1 decoding on a CPU.
+`compile=True` runs each decode step through torch.compile: the first steps compile (seconds
+to a minute; `warm_up()` does it ahead), then decoding runs with fused kernels and far less
+per-operation overhead, which is what limits batch-1 decoding on a CPU.
 
 Past the context: a row holds at most `capacity` tokens (<= the model's seq_len). When a sample
 needs more, `overflow="shift"` keeps its last capacity/2 tokens and recomputes the cache from
@@ -122,10 +122,12 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         weight = model.wte.weight
         self.model, self.tokenizer, self.overflow = model, tokenizer, overflow
-        # torch.compile fuses each step's many small kernels and removes most per-op Python
-        # overhead: the decode step is compiled once the cache length varies (dynamic shapes),
-        # so after a warm-up of two or three compilations nothing recompiles
-        self.forward = torch.compile(model.forward_cached) if compile else model.forward_cached
+        # torch.compile fuses a decode step's many small kernels and removes most per-op Python
+        # overhead. Batch size and cache length are dynamic shapes, so a few compilations cover
+        # every step; a prefill is one big forward per request and runs eagerly.
+        self.decode_forward = model.forward_cached
+        if compile:
+            self.decode_forward = torch.compile(model.forward_cached)
         self.device, self.vocab_size = weight.device, cfg.vocab_size
         self.cache = KVCache(
             cfg.n_layer, max_batch, cfg.kv_heads, capacity, cfg.head_dim,
@@ -193,6 +195,16 @@ class Engine:
         while self.busy:
             yield from self.step()
 
+    def warm_up(self) -> None:
+        """Run a few short generations so a compiled engine does its compiling now (prefills of
+        several lengths, decodes at several cache lengths and batch sizes), not on a user's
+        first request."""
+        params = SamplingParams(temperature=0, max_new_tokens=3)
+        for n in range(1, 4):  # rows at one length: batches of 1, 2 and 3
+            self.generate([[0] * n] * min(n, self.max_batch), params)
+        for b in range(2, min(3, self.max_batch) + 1):  # rows at different lengths
+            self.generate([[0] * (i + 1) for i in range(b)], params)
+
     def generate(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int = 1
     ) -> list[Request]:
@@ -234,7 +246,7 @@ class Engine:
         self.cache.reset(row)
         idx = torch.tensor([tokens], dtype=torch.long, device=self.device)  # (1, T)
         step = self.cache.begin(slice(row, row + 1), len(tokens))
-        logits = self.forward(idx, step)  # (1, V)
+        logits = self.model.forward_cached(idx, step)  # (1, V)
         step.commit()
         return logits
 
@@ -256,7 +268,7 @@ class Engine:
             self.cache.lengths[r] = 0
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (B, 1)
         step = self.cache.begin(slice(lo, hi), 1)
-        logits = self.forward(idx, step)  # (B, V)
+        logits = self.decode_forward(idx, step)  # (B, V)
         step.commit()
         for r in idle:
             self.cache.lengths[r] = 0

@@ -95,16 +95,23 @@ class CacheStep:
     ) -> None:
         self.cache, self.rows, self.starts, self.T, self.n_new = cache, rows, starts, T, n_new
         self.B = len(starts)
-        self.all_rows = rows.indices(cache.batch) == (0, cache.batch, 1)
         self.uniform = len(set(starts)) == 1  # all rows write the same slots
         self.full = all(n == T for n in n_new)  # no right padding
         self.S = max(starts) + T  # key slots in use after the write
+        # decided here, in plain Python, so they stay plain bools when torch.compile traces the
+        # lengths as symbols (SDPA's is_causal takes no symbolic value)
+        plain = self.uniform and self.full
+        self.one_query = plain and T == 1  # one query per row that sees every cached key
+        self.fresh = plain and T > 1 and starts[0] == 0  # a fresh prefill: the causal mask
         device = cache.device
+        self.start = starts[0]  # the write slot of every row when they are uniform
         if self.uniform:
             self.positions = torch.arange(starts[0], starts[0] + T, device=device)  # (T,)
         else:
             start = torch.tensor(starts, device=device)
             self.positions = start[:, None] + torch.arange(T, device=device)  # (B, T)
+            self.rows_index = torch.arange(self.B, device=device)  # (B,)
+            self.slots_index = start  # (B,) where each row's single new token goes
         self._masks: dict[tuple[int | None, int], torch.Tensor] = {}
 
     @property
@@ -117,26 +124,24 @@ class CacheStep:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new k, v (B, Hkv, T, D) of `layer`; return all keys and values so far,
         (B, Hkv, S, D) views of the cache."""
-        kc, vc = self.cache.k[layer], self.cache.v[layer]
-        if not self.all_rows:
-            kc, vc = kc[self.rows], vc[self.rows]
+        kc, vc = self.cache.k[layer][self.rows], self.cache.v[layer][self.rows]  # views
         if self.uniform:
-            s = self.starts[0]
-            kc.narrow(2, s, self.T).copy_(k)
-            vc.narrow(2, s, self.T).copy_(v)
+            kc.narrow(2, self.start, self.T).copy_(k)
+            vc.narrow(2, self.start, self.T).copy_(v)
+        elif self.T == 1:  # decoding rows at different lengths: one scatter per tensor
+            kc[self.rows_index, :, self.slots_index] = k[:, :, 0]  # (B, Hkv, D)
+            vc[self.rows_index, :, self.slots_index] = v[:, :, 0]
         else:
-            for b, s in enumerate(self.starts):  # rows at different lengths (decoding a batch)
+            for b, s in enumerate(self.starts):  # a prefill at different lengths (rare)
                 kc[b].narrow(1, s, self.T).copy_(k[b])
                 vc[b].narrow(1, s, self.T).copy_(v[b])
         return kc.narrow(2, 0, self.S), vc.narrow(2, 0, self.S)
 
     def simple(self, window: int | None) -> tuple[bool, bool]:
         """(no mask at all, plain causal): the fast cases SDPA handles without a dense mask."""
-        if window is not None or not (self.uniform and self.full):
+        if window is not None:
             return False, False
-        if self.T == 1:
-            return True, False  # one query per row that sees every cached key
-        return False, self.starts[0] == 0  # a fresh prefill: the ordinary causal mask
+        return self.one_query, self.fresh
 
     def mask(self, window: int | None, global_tokens: int) -> torch.Tensor:
         """Bool (B or 1, 1, T, S): True where a new token may attend to a cached slot."""

@@ -60,6 +60,7 @@ class ModelWorker:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.handles: dict[int, Handle] = {}  # engine request id -> handle
         self.cancelled = 0  # requests stopped before they finished (clients that went away)
+        self.compiled = compile
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"gptlab-{name}", daemon=True)
 
@@ -84,6 +85,9 @@ class ModelWorker:
     # -- the worker thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.compiled:  # compile before the first request; requests wait in the inbox
+            log.info("compiling %s ...", self.name)
+            self.engine.warm_up()
         while not self._stop.is_set():
             try:
                 # wait for work when idle; otherwise only take what is already there
