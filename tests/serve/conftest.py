@@ -75,6 +75,18 @@ def make_app(
     return create_app(workers, api_key=api_key, limits=Limits(max_tokens=max_tokens, max_n=4))
 
 
+def slow_down(worker: ModelWorker, seconds: float) -> None:
+    """Make every decode step of this worker's engine take `seconds` longer, so a stream lasts
+    long enough to watch or interrupt."""
+    decode = worker.engine.decode_forward
+
+    def slow(idx, step):
+        time.sleep(seconds)
+        return decode(idx, step)
+
+    worker.engine.decode_forward = slow
+
+
 @pytest.fixture(scope="module")
 def server():
     with Server(make_app()) as s:

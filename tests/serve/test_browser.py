@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
-from tests.serve.conftest import Server, make_app
+from tests.serve.conftest import Server, make_app, slow_down
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -31,13 +30,7 @@ def slow_server():
     """The tiny models (context 256), slowed to ~50 ms a token so the stream takes seconds."""
     app = make_app(seq_len=256, max_tokens=200)
     for worker in app.state.workers.values():
-        model, forward = worker.engine.model, worker.engine.model.forward_cached
-
-        def slow(idx, step, forward=forward):
-            time.sleep(0.05)
-            return forward(idx, step)
-
-        model.forward_cached = slow
+        slow_down(worker, 0.05)
     with Server(app) as server:
         yield server
 

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from tests.serve.conftest import Server, make_app
+from tests.serve.conftest import Server, make_app, slow_down
 
 from gptlab.cli.main import main
 
@@ -144,14 +144,7 @@ def test_client_disconnect_frees_the_rows():
     are freed, and the server goes on serving."""
     app = make_app()
     worker = app.state.workers["tiny-b"]
-    model = worker.engine.model
-    forward = model.forward_cached
-
-    def slow(idx, step):  # 48 tokens now take about a second
-        time.sleep(0.02)
-        return forward(idx, step)
-
-    model.forward_cached = slow
+    slow_down(worker, 0.02)  # 48 tokens now take about a second
     body = {"model": "tiny-b", "prompt": "a", "max_tokens": 48, "stream": True}
     with Server(app) as server:
         with httpx.stream("POST", f"{server.url}/v1/completions", json=body) as r:
