@@ -15,13 +15,12 @@ from typing import Annotated, Literal
 
 import tyro
 
-from gptlab import checkpoint
 from gptlab.cli.common import parse
 from gptlab.config import from_dict
 from gptlab.errors import GptlabError
 from gptlab.infer.config import SampleConfig
 from gptlab.infer.engine import Engine
-from gptlab.infer.load import checkpoint_dir, load_for_inference, prompt_ids
+from gptlab.infer.load import load_for_inference, prompt_ids
 from gptlab.runtime import pick_device
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -55,14 +54,14 @@ def _read_prompt(prompt: str) -> str:
 
 def run(argv: list[str]) -> int:
     first = parse(SampleArgs, argv, prog="gptlab sample")
-    stored = checkpoint.load_config(checkpoint_dir(Path(first.run_dir), first.checkpoint))
-    defaults = from_dict(SampleConfig, stored.get("sample", {}), prefix="sample.")
+    device = pick_device(first.device)
+    loaded = load_for_inference(Path(first.run_dir), first.checkpoint, device, first.dtype)
+    # parse again with the run's stored sample settings as the defaults the flags override
+    defaults = from_dict(SampleConfig, loaded.config.get("sample", {}), prefix="sample.")
     args = parse(
         SampleArgs, argv, prog="gptlab sample", default=dataclasses.replace(first, sample=defaults)
     )
     sc = args.sample
-    device = pick_device(args.device)
-    loaded = load_for_inference(Path(args.run_dir), args.checkpoint, device, args.dtype)
     tok = loaded.tokenizer
     ids = prompt_ids(tok, _read_prompt(sc.prompt))
     capacity = min(loaded.model.cfg.seq_len, len(ids) + max(sc.max_new_tokens, 1))

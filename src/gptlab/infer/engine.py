@@ -189,9 +189,7 @@ class Engine:
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int = 1
     ) -> Iterator[Event]:
         """Run these prompts to completion, yielding events as tokens come."""
-        plist = params if isinstance(params, list) else [params] * len(prompts)
-        for prompt, p in zip(prompts, plist, strict=True):
-            self.submit(prompt, p, n)
+        self._submit_all(prompts, params, n)
         while self.busy:
             yield from self.step()
 
@@ -209,11 +207,17 @@ class Engine:
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int = 1
     ) -> list[Request]:
         """Run these prompts to completion; the requests hold each sample's tokens and text."""
-        plist = params if isinstance(params, list) else [params] * len(prompts)
-        requests = [self.submit(p, sp, n) for p, sp in zip(prompts, plist, strict=True)]
+        requests = self._submit_all(prompts, params, n)
         while self.busy:
             self.step()
         return requests
+
+    def _submit_all(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int
+    ) -> list[Request]:
+        """One request per prompt, with one params for all or one each."""
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        return [self.submit(p, sp, n) for p, sp in zip(prompts, plist, strict=True)]
 
     # -- prefill -----------------------------------------------------------------------------
 

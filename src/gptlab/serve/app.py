@@ -17,6 +17,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
@@ -101,8 +102,6 @@ def create_app(
     workers: dict[str, ModelWorker], *, api_key: str | None = None, limits: Limits | None = None
 ) -> FastAPI:
     """The FastAPI app serving these workers (started and stopped with the app)."""
-    from contextlib import asynccontextmanager
-
     limits = limits or Limits()
 
     @asynccontextmanager
