@@ -27,7 +27,8 @@ all sampling with temperature 0.8 and top-k 200:
                   context (cropped to seq_len) for every new token.
 
 Each method is warmed up once with a few tokens, then timed (time.perf_counter) over
-`--repeats` runs; the best run counts. tokens/s = batch * new_tokens / seconds.
+`--repeats` rounds in which the methods take turns (so a drift of the machine's speed touches
+them all alike); the best run of each counts. tokens/s = batch * new_tokens / seconds.
 
     GPTLAB_DATA_DIR=../shared/data python benchmarks/generate_speed.py [--batches 1 8]
     GPTLAB_DATA_DIR=../shared/data python benchmarks/generate_speed.py --quick   # smoke
@@ -233,22 +234,26 @@ def method_runs(
 
 
 def best_seconds(
-    run: Callable[[int], object], new_tokens: int, repeats: int, device: torch.device
-) -> float:
-    """Warm up once with a few tokens, then the fastest of `repeats` runs of new_tokens."""
+    runs: dict[str, Callable[[int], object]], new_tokens: int, repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Warm each method up once with a few tokens, then time `repeats` rounds of new_tokens in
+    which the methods take turns; the fastest run of each counts. Taking turns spreads a drift
+    of the machine's speed over all methods instead of one, so their ratios stay fair."""
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    run(WARMUP_TOKENS)
-    best = float("inf")
+    for run in runs.values():
+        run(WARMUP_TOKENS)
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        run(new_tokens)
-        sync()
-        best = min(best, time.perf_counter() - t0)
+        for method, run in runs.items():
+            sync()
+            t0 = time.perf_counter()
+            run(new_tokens)
+            sync()
+            best[method] = min(best[method], time.perf_counter() - t0)
     return best
 
 
@@ -256,7 +261,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=500)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs; the best counts")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed rounds, the methods taking turns; the best run counts")  # fmt: skip
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--seed", type=int, default=1337)
@@ -285,8 +291,8 @@ def main() -> None:
     results: list[dict] = []
     for batch in a.batches:
         runs = method_runs(model, hf, batch, a)
-        for method in a.methods:
-            seconds = best_seconds(runs[method], new_tokens, repeats, device)
+        seconds_of = best_seconds({m: runs[m] for m in a.methods}, new_tokens, repeats, device)
+        for method, seconds in seconds_of.items():
             r = {
                 "method": method,
                 "batch": batch,

@@ -502,6 +502,28 @@ def test_compiled_engine_matches_eager(model):
     assert run(compile=True) == run(compile=False)
 
 
+@pytest.mark.slow
+def test_compiled_engine_warm_up_covers_serving(model):
+    """After warm_up(), a server-like mix compiles nothing more: requests of different lengths
+    and sizes arrive while others run, finish at different times and free rows below the
+    running ones (decode steps then start at a later row, with idle rows in between)."""
+    engine = Engine(build(seed=3), max_batch=4, compile=True)
+    engine.warm_up()
+    waves = [
+        ([prompt_of(3, 1), prompt_of(7, 2)], [2, 9]),  # row 0 finishes first
+        ([prompt_of(5, 3), prompt_of(2, 4), prompt_of(4, 5)], [6, 3, 8]),
+        ([prompt_of(6, 6)], [5]),
+    ]
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for prompts, lengths in waves:
+            for prompt, n in zip(prompts, lengths, strict=True):
+                engine.submit(prompt, replace(GREEDY, max_new_tokens=n))
+            for _ in range(3):
+                engine.step()
+        while engine.busy:
+            engine.step()
+
+
 def test_warm_up_leaves_the_engine_idle(model):
     engine = Engine(model, max_batch=2)
     engine.warm_up()

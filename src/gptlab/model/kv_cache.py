@@ -110,8 +110,14 @@ class CacheStep:
         else:
             start = torch.tensor(starts, device=device)
             self.positions = start[:, None] + torch.arange(T, device=device)  # (B, T)
-            self.rows_index = torch.arange(self.B, device=device)  # (B,)
-            self.slots_index = start  # (B,) where each row's single new token goes
+            # where each row's single new token goes, as indices into a layer's whole cache
+            # flattened to (batch * Hkv * S, D): writing into the base tensor itself (not a view
+            # of some rows) lets torch.compile update it in place instead of copying all of it
+            _, n_kv_head, capacity, _ = cache.k[0].shape
+            first = rows.indices(cache.batch)[0]
+            row = torch.arange(first, first + self.B, device=device)[:, None]  # (B, 1)
+            head = torch.arange(n_kv_head, device=device)  # (Hkv,)
+            self.flat_slots = ((row * n_kv_head + head) * capacity + start[:, None]).flatten()
         self._masks: dict[tuple[int | None, int], torch.Tensor] = {}
 
     @property
@@ -129,8 +135,9 @@ class CacheStep:
             kc.narrow(2, self.start, self.T).copy_(k)
             vc.narrow(2, self.start, self.T).copy_(v)
         elif self.T == 1:  # decoding rows at different lengths: one scatter per tensor
-            kc[self.rows_index, :, self.slots_index] = k[:, :, 0]  # (B, Hkv, D)
-            vc[self.rows_index, :, self.slots_index] = v[:, :, 0]
+            D = k.size(-1)
+            for cached, new in ((self.cache.k[layer], k), (self.cache.v[layer], v)):
+                cached.view(-1, D).index_copy_(0, self.flat_slots, new.reshape(-1, D))
         else:
             for b, s in enumerate(self.starts):  # a prefill at different lengths (rare)
                 kc[b].narrow(1, s, self.T).copy_(k[b])
