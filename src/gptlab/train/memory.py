@@ -8,7 +8,8 @@ Training memory is four parts:
 
 The first three are exact. Activations are counted per token and layer from the tensors each
 block saves: the norm and every matmul input, q, k, v and the attention output, the MLP's
-hidden activations, plus the fp32 log-softmax at the end. Under bf16/fp16 autocast
+hidden activations, plus the fp32 log-softmax at the end (and, for CPU bf16 training, the
+attention probabilities the bf16 attention kernel keeps). Under bf16/fp16 autocast
 most of these are half-size copies but norms stay fp32; `AUTOCAST_BYTES` = 2.8 bytes per
 element on average was measured with `saved_activation_bytes` on several shapes. With
 activation checkpointing a block keeps only its input, and one block's activations are
@@ -26,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gptlab.model.attention import cpu_bf16_attention_layers
 from gptlab.model.config import ModelConfig
 from gptlab.runtime import Runtime
 from gptlab.train.config import RunConfig
@@ -83,15 +85,21 @@ def estimate_memory(
     optimizer_bytes_per_param: float = 8.0,
     activation_checkpointing: bool = False,
     shards: int = 1,
+    score_layers: int = 0,
 ) -> MemoryEstimate:
     """Bytes one training step needs on one device (see the module doc); FSDP over `shards`
-    ranks keeps 1/shards of the weights, gradients and optimizer state on each."""
+    ranks keeps 1/shards of the weights, gradients and optimizer state on each.
+    `score_layers` layers also keep their bf16 attention probabilities, n_head x seq_len per
+    token (the CPU bf16 attention kernel; `cpu_bf16_attention_layers`)."""
     tokens = micro_batch * cfg.seq_len
     blocks, head = activation_elements_per_token(cfg)
+    scores = score_layers * cfg.n_head * cfg.seq_len * 2.0  # bytes per token
+    if activation_checkpointing:
+        scores /= max(cfg.n_layer, 1)  # one block's at a time
     if activation_checkpointing:  # block inputs kept, one block's activations at a time
         blocks = cfg.n_layer * cfg.n_embd + blocks / cfg.n_layer
     per_elem = AUTOCAST_BYTES if autocast else FP32_BYTES
-    activations = tokens * (blocks * per_elem + head * FP32_BYTES)
+    activations = tokens * (blocks * per_elem + head * FP32_BYTES + scores)
     return MemoryEstimate(
         weights=4.0 * n_params / shards,
         gradients=4.0 * n_params / shards,
@@ -167,5 +175,8 @@ def memory_plan(cfg: RunConfig, runtime: Runtime, n_params: int) -> str:
         optimizer_bytes_per_param=8.0 if cfg.optim.name == "adamw" else 4.0,
         activation_checkpointing=tc.activation_checkpointing,
         shards=sharded,
+        score_layers=cpu_bf16_attention_layers(model_cfg, T, model_cfg.dropout)
+        if (runtime.device.type, runtime.compute_dtype) == ("cpu", torch.bfloat16)
+        else 0,
     )
     return memory.describe(available_memory(runtime.device))
