@@ -169,19 +169,26 @@ class _CpuCausalAttention(torch.autograd.Function):
 CPU_BF16_ATTENTION_MAX_T = 1024  # longer contexts keep SDPA (the T x T scores grow as T^2)
 
 
+def _cpu_bf16_kernel_applies(plain_causal: bool, dropout_p: float, T: int) -> bool:
+    """Whether a CPU bf16 SDPA call runs `_CpuCausalAttention` (the one rule for both the
+    forward and the memory plan)."""
+    return plain_causal and dropout_p == 0 and T <= CPU_BF16_ATTENTION_MAX_T
+
+
 def cpu_bf16_attention_layers(cfg: ModelConfig, T: int, dropout_p: float) -> int:
     """How many layers run `_CpuCausalAttention` in a CPU bf16 forward of T tokens: the sdpa
     backend's plain causal layers (no window, documents, ALiBi or softcap), without attention
     dropout, for T up to CPU_BF16_ATTENTION_MAX_T. The memory plan counts their saved scores."""
-    plain = (
-        cfg.attn_backend == "sdpa"
-        and cfg.attn_softcap is None
-        and not cfg.doc_mask
-        and cfg.pos_emb != "alibi"
-        and dropout_p == 0
-        and T <= CPU_BF16_ATTENTION_MAX_T
+    if cfg.attn_backend != "sdpa" or cfg.attn_softcap is not None:
+        return 0
+    return sum(
+        _cpu_bf16_kernel_applies(
+            cfg.layer_window(i) is None and not cfg.doc_mask and cfg.pos_emb != "alibi",
+            dropout_p,
+            T,
+        )
+        for i in range(cfg.n_layer)
     )
-    return sum(cfg.layer_window(i) is None for i in range(cfg.n_layer)) if plain else 0
 
 
 def _flex():
@@ -270,7 +277,7 @@ class CausalSelfAttention(nn.Module):
                 mask = bias.masked_fill(~mask, float("-inf"))
         gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
         cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
-        if cpu_bf16 and is_causal and self._dropout_p() == 0 and T <= CPU_BF16_ATTENTION_MAX_T:
+        if cpu_bf16 and _cpu_bf16_kernel_applies(is_causal, self._dropout_p(), T):
             if gqa:  # each key/value head serves n_head / n_kv_head query heads
                 k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
                 v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)

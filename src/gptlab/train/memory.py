@@ -94,10 +94,9 @@ def estimate_memory(
     tokens = micro_batch * cfg.seq_len
     blocks, head = activation_elements_per_token(cfg)
     scores = score_layers * cfg.n_head * cfg.seq_len * 2.0  # bytes per token
-    if activation_checkpointing:
-        scores /= max(cfg.n_layer, 1)  # one block's at a time
     if activation_checkpointing:  # block inputs kept, one block's activations at a time
         blocks = cfg.n_layer * cfg.n_embd + blocks / cfg.n_layer
+        scores /= cfg.n_layer
     per_elem = AUTOCAST_BYTES if autocast else FP32_BYTES
     activations = tokens * (blocks * per_elem + head * FP32_BYTES + scores)
     return MemoryEstimate(
