@@ -188,21 +188,37 @@ def test_aux_loss_prefers_balanced_routing():
     torch.testing.assert_close(collapsed["z_loss"], torch.logsumexp(logits, -1).square().mean())
 
 
-def test_bias_balancing_moves_toward_under_used_experts_in_training_only():
+def test_forward_never_changes_the_bias_balance_does():
+    """The forward only reports loads (a recomputed forward must route the same); `balance`,
+    called once per optimizer step, moves the bias toward the under-used experts."""
     E, rate = 4, 0.01
     moe = make_moe(moe_cfg(n_experts=E, top_k=1, bias_balancing=True, bias_update_rate=rate))
     set_router(moe, balanced=False)
     x = routed_inputs(32, E)[None]
-    moe.eval()
-    moe(x)
-    assert torch.all(moe.expert_bias == 0)
-    moe.train()
-    moe(x)
+    for mode in (moe.eval, moe.train):
+        mode()
+        _, stats = moe(x)
+        assert torch.all(moe.expert_bias == 0)
+    moe.balance(stats["tokens_per_expert"].float())
     torch.testing.assert_close(moe.expert_bias, torch.tensor([-rate, rate, rate, rate]))
-    moe(x)
+    moe.balance(stats["tokens_per_expert"].float())
     torch.testing.assert_close(
         moe.expert_bias, torch.tensor([-2 * rate, 2 * rate, 2 * rate, 2 * rate])
     )
+
+
+def test_model_balances_each_moe_layer_from_its_own_load():
+    cfg = dataclasses.replace(
+        moe_cfg(n_experts=3, top_k=1, bias_balancing=True, bias_update_rate=0.5), n_layer=2
+    )
+    model = GPT(cfg)
+    idx = torch.randint(50, (2, 16))
+    _, stats = model(idx, idx)
+    assert stats["moe_layer_loads"].shape == (2, 3)
+    torch.testing.assert_close(stats["moe_layer_loads"].sum(0), stats["moe_tokens_per_expert"])
+    model.balance_experts(torch.tensor([[1.0, 2.0, 6.0], [3.0, 3.0, 3.0]]))
+    torch.testing.assert_close(model.blocks[0].mlp.expert_bias, torch.tensor([0.5, 0.5, -0.5]))
+    torch.testing.assert_close(model.blocks[1].mlp.expert_bias, torch.zeros(3))
 
 
 def test_expert_bias_picks_experts_but_not_weights():
@@ -226,6 +242,7 @@ def test_moe_stats_reach_the_model_stats():
     idx, targets = torch.randint(50, (2, 16)), torch.randint(50, (2, 16))
     loss, stats = model(idx, targets)
     assert {"moe_aux_loss", "moe_z_loss", "moe_drop_frac", "moe_tokens_per_expert"} <= set(stats)
+    assert stats["moe_layer_loads"].shape == (1, 4)
     assert stats["moe_tokens_per_expert"].sum() == 2 * 16 * 2  # one MoE layer, N * K
     assert stats["moe_drop_frac"] == 0
     expected = stats["ce"] + 0.1 * stats["moe_aux_loss"] + 0.01 * stats["moe_z_loss"]

@@ -201,5 +201,14 @@ class GPT(nn.Module):
                 "moe_z_loss": z.detach() / n,
                 "moe_drop_frac": dropped.float() / total,
                 "moe_tokens_per_expert": sum(s["tokens_per_expert"] for s in moe_stats),
+                # (L_moe, E) per MoE layer, for `balance_experts` after the optimizer step
+                "moe_layer_loads": torch.stack([s["tokens_per_expert"] for s in moe_stats]),
             }
         return loss, out
+
+    def balance_experts(self, loads: torch.Tensor) -> None:
+        """Loss-free MoE balancing from one optimizer step's loads (L_moe, E): row i is the
+        i-th MoE layer's assignments per expert, summed over the step (`moe_layer_loads`)."""
+        layers = [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+        for moe, load in zip(layers, loads, strict=True):
+            moe.balance(load)

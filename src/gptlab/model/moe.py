@@ -12,7 +12,8 @@ over an (E, capacity, C) tensor. No Python loop touches tokens or experts.
 Balancing: the Switch auxiliary loss E * sum_e f_e * P_e (f = fraction of assignments to e,
 P = mean router probability of e; 1 when balanced, E when collapsed), the router z-loss
 mean(logsumexp(logits)^2), and DeepSeek-V3's loss-free alternative: a per-expert bias added to
-the scores only for choosing, nudged after each training forward toward the less-used experts.
+the scores only for choosing, nudged toward the less-used experts after each optimizer step
+(`balance`, from the load of the whole step; see train/step.py).
 """
 
 from __future__ import annotations
@@ -127,8 +128,14 @@ class MoE(nn.Module):
             "assignments": torch.tensor(r.keep.numel(), device=x.device),
             "tokens_per_expert": r.counts,
         }
-        if self.training and hasattr(self, "expert_bias"):
-            with torch.no_grad():  # loss-free balancing: raise the bias of under-used experts
-                load = r.counts.float()
-                self.expert_bias += self.cfg.moe.bias_update_rate * torch.sign(load.mean() - load)
         return y.view(B, T, C), stats
+
+    @torch.no_grad()
+    def balance(self, load: torch.Tensor) -> None:
+        """Loss-free balancing: raise the bias of the experts that got fewer assignments than
+        the mean in `load` (E,), lower the others'. Called by the trainer once per optimizer
+        step with the load of the whole global batch, never in the forward: a forward recomputed
+        by activation checkpointing must route exactly as the first pass did."""
+        if hasattr(self, "expert_bias"):
+            step = self.cfg.moe.bias_update_rate * torch.sign(load.mean() - load)
+            self.expert_bias += step.to(self.expert_bias.dtype)

@@ -17,8 +17,7 @@ from gptlab.runtime import Runtime
 from gptlab.tokenizer.base import Tokenizer
 from gptlab.tokenizer.load import load_tokenizer
 from gptlab.train.config import RunConfig
-
-METRICS = "metrics.jsonl"
+from gptlab.train.metrics import METRICS
 
 
 def check_fresh_run_dir(run_dir: Path) -> None:

@@ -63,6 +63,11 @@ class HealthMonitor:
         self.skipped_steps += 1
         return self.bad_in_a_row >= self.max_bad_steps
 
+    def record_overflow(self) -> None:
+        """Count a step the fp16 GradScaler skipped: a normal event, so neither a fault in a row
+        nor a sample of the spike averages (its gradient norm is inf)."""
+        self.skipped_steps += 1
+
     def record_good(self, loss: float, grad_norm: float) -> list[str]:
         """Update the averages; returns warnings for a loss or gradient-norm spike."""
         self.bad_in_a_row = 0

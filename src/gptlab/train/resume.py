@@ -3,7 +3,10 @@ position of each rank, and the metrics rows a crashed run wrote after its last c
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,8 @@ import torch
 from gptlab.errors import GptlabError
 from gptlab.runtime import Runtime
 from gptlab.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def rng_state(runtime: Runtime) -> dict[str, Any]:
@@ -67,3 +72,52 @@ def restore_loader(loader: Any, state: dict[str, Any], kind: str, runtime: Runti
         loader.load_state_dict(mine)
     except (KeyError, ValueError) as e:
         raise GptlabError(f"cannot restore the data position from the checkpoint: {e}") from None
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run is: what a checkpoint's state.pt records besides weights and RNG."""
+
+    step: int = 0  # optimizer steps done
+    best_val_loss: float = math.inf
+    micro_batches: int = 0  # micro-batches over all ranks so far (seeds data and dropout)
+    tokens: int = 0  # training tokens over all ranks so far
+
+
+def restore_progress(
+    state: dict[str, Any], tc: TrainConfig, seq_len: int, runtime: Runtime
+) -> Progress:
+    """The Progress of a checkpoint, with the fields older files lack derived from its step."""
+    step, W = state["step"], runtime.world_size
+    saved_world = state.get("world_size", 1)
+    B0, T0, accum0 = tc.shape_at(0, seq_len, saved_world)
+    saved_micro = step * accum0 * saved_world
+    if saved_world != W:
+        log.info("resuming a %d-process run on %d processes", saved_world, W)
+    before, (B1, _, accum1) = state.get("sequences_per_step"), tc.shape_at(step - 1, seq_len, W)
+    if before is not None and before != B1 * accum1 * W and runtime.is_main_rank:
+        log.warning(
+            "the global batch changes from %d to %d sequences per step on resume; set "
+            "--train.global_batch_size %d to keep it",
+            before,
+            B1 * accum1 * W,
+            before,
+        )
+    stored_max = state.get("max_steps")
+    if stored_max is not None and stored_max != tc.max_steps and runtime.is_main_rank:
+        log.warning(
+            "--train.max_steps changes from %d to %d on resume: the learning-rate schedule "
+            "(warm-up, decay) is recomputed over %d steps from step %d on, so the run no longer "
+            "matches an uninterrupted %d-step run",
+            stored_max,
+            tc.max_steps,
+            tc.max_steps,
+            step,
+            stored_max,
+        )
+    return Progress(
+        step=step,
+        best_val_loss=state["best_val_loss"],
+        micro_batches=state.get("micro_batches", saved_micro),
+        tokens=state.get("tokens", saved_micro * B0 * T0),
+    )
