@@ -188,3 +188,23 @@ def test_resume_with_muon_reproduces_uninterrupted_run(tiny_run, locations, tmp_
     )
     assert sorted(resumed) == list(range(11, 21))
     assert all(resumed[s] == full[s] for s in resumed)  # bit-exact on CPU
+
+
+def test_resume_with_other_max_steps_warns_that_the_schedule_changes(tiny_run, locations, caplog):
+    train(_with(tiny_run, max_steps=10, eval_interval=10), _runtime(), locations)
+    with caplog.at_level("WARNING"):
+        train(_with(tiny_run, max_steps=16, eval_interval=8), _runtime(), locations, resume=True)
+    warnings = [r.getMessage() for r in caplog.records if "max_steps" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "from 10 to 16" in warnings[0] and "schedule" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the same length again: nothing to say
+        train(_with(tiny_run, max_steps=16, eval_interval=8), _runtime(), locations, resume=True)
+    assert not [r for r in caplog.records if "max_steps" in r.getMessage()]
+
+
+def test_a_data_vocab_override_is_logged(tiny_run, locations, caplog):
+    with caplog.at_level("INFO"):
+        train(tiny_run, _runtime(), locations)
+    lines = [r.getMessage() for r in caplog.records if "model.vocab_size" in r.getMessage()]
+    assert len(lines) == 1 and f"{tiny_run.model.vocab_size} ->" in lines[0]

@@ -313,7 +313,7 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             log.info("step %d: micro-batch %d x %d tokens, %d per step", step, B, T, accum)
         sched = apply_schedule(job.stepper.optimizer, step, tc.max_steps, cfg.optim)
         with _explain_oom(f"training step {step + 1}", B, T):
-            result = job.stepper.step(batches, accum, p.micro_batches)
+            result = job.stepper.step(batches, accum, p.micro_batches, step + 1)
         p.step, p.micro_batches, p.tokens = (
             step + 1,
             p.micro_batches + accum * W,

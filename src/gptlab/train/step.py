@@ -62,11 +62,14 @@ class Stepper:
     grad_clip: float  # 0: no clipping
     seed: int
 
-    def step(self, batches: Iterator[Batch], accum: int, micro_seen: int) -> StepResult:
+    def step(
+        self, batches: Iterator[Batch], accum: int, micro_seen: int, step: int = 0
+    ) -> StepResult:
         """Accumulate `accum` micro-batches from `batches`, then update (or skip) once.
 
         `micro_seen` counts the run's micro-batches so far over all ranks: micro-batch i gets
-        its dropout randomness from (seed, i), so the step is the same on any world size."""
+        its dropout randomness from (seed, i), so the step is the same on any world size.
+        `step` (1-based) only names the step in an abort message."""
         rt, W = self.runtime, self.runtime.world_size
         sums = torch.zeros(2, device=rt.device)  # training loss, next-token loss
         loads: torch.Tensor | None = None  # (L_moe, E) expert loads over the step
@@ -91,14 +94,14 @@ class Stepper:
         step_loss, ce = means.tolist()  # one sync; the same on every rank
         grad_norm = distributed.local_value(grad_norm_t).item()
         result = StepResult(step_loss, ce, grad_norm, False, False, [], stats)
-        self._update_or_skip(result)
+        self._update_or_skip(result, step)
         if loads is not None and not result.skipped and hasattr(self.model, "balance_experts"):
             # sign(mean - load) does not care about scale: the mean over ranks will do
             self.model.balance_experts(distributed.mean_across_ranks(loads, rt))
         self.optimizer.zero_grad(set_to_none=True)
         return result
 
-    def _update_or_skip(self, r: StepResult) -> None:
+    def _update_or_skip(self, r: StepResult, step: int) -> None:
         health, scaler = self.health, self.scaler
         finite = health.is_finite(r.loss, r.grad_norm)
         if finite:
@@ -121,8 +124,9 @@ class Stepper:
         if health.record_bad():
             raise GptlabError(
                 f"training diverged: {health.bad_in_a_row} steps in a row had a non-finite loss "
-                "or gradient; lower --optim.lr, raise --optim.warmup_steps or use --train.dtype "
-                "bfloat16 instead of float16, then resume from the last checkpoint"
+                f"or gradient (last at step {step}); lower --optim.lr, raise --optim.warmup_steps "
+                "or use --train.dtype bfloat16 instead of float16, then resume from the last "
+                "checkpoint"
             )
 
 
