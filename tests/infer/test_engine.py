@@ -354,10 +354,20 @@ def test_long_prompt_is_cropped_under_shift(model):
     prompt = prompt_of(20, 32)
     engine = Engine(model, capacity=16, overflow="shift")
     req = engine.submit(prompt, SamplingParams(temperature=0, max_new_tokens=12))
-    assert req.prompt == prompt[-16:]
+    assert req.prompt == prompt[-16:] and req.prompt_tokens_dropped == 4
     while engine.busy:
         engine.step()
     assert only(req).generated == naive_shift_greedy(model, prompt, 12, 16)
+    assert req.prompt_tokens_dropped == 20  # a second shift slid past all of the prompt
+
+
+@pytest.mark.parametrize(("new", "dropped"), [(6, 0), (7, 0), (8, 8)])
+def test_prompt_tokens_dropped_counts_the_slide(model, new, dropped):
+    """Prompt 10, capacity 16: the row fills after 6 decode steps, and the 7th step (the 8th
+    token) shifts to the last 8 tokens, 8 of them from the prompt."""
+    engine = Engine(model, capacity=16)
+    (req,) = engine.generate([prompt_of(10, 34)], replace(GREEDY, max_new_tokens=new))
+    assert req.prompt_tokens_dropped == dropped
 
 
 def test_overflow_error(model):
@@ -373,6 +383,116 @@ def test_overflow_error(model):
     full = only(engine.generate([prompt_of(16)], GREEDY)[0])
     assert full.finish_reason == "length" and len(full.generated) == 1
     assert not engine.busy and sorted(engine.free_rows) == list(range(8))
+
+
+# --- failures stay with their request (issue 15)
+
+
+def fail_forward(model, monkeypatch, when) -> list[int]:
+    """Make model.forward_cached raise on the calls for which when(T, call number) holds."""
+    inner, calls = model.forward_cached, []
+
+    def failing(idx, step):
+        calls.append(idx.size(1))
+        if when(idx.size(1), len(calls)):
+            raise RuntimeError("injected failure")
+        return inner(idx, step)
+
+    monkeypatch.setattr(model, "forward_cached", failing)
+    return calls
+
+
+def assert_idle(engine: Engine) -> None:
+    assert not engine.busy and sorted(engine.free_rows) == list(range(engine.max_batch))
+    assert engine.cache.lengths == [0] * engine.max_batch
+
+
+def test_failed_prefill_returns_its_rows(monkeypatch):
+    model = build()
+    fail_forward(model, monkeypatch, lambda T, call: call == 1)  # the first prefill
+    engine = Engine(model, max_batch=3)
+    bad = engine.submit(prompt_of(4, 1), GREEDY, n=2)
+    good = engine.submit(prompt_of(5, 2), GREEDY)
+    events = engine.step()
+    assert isinstance(bad.error, RuntimeError) and bad.done
+    assert [s.finish_reason for s in bad.sequences] == ["error", "error"]
+    assert all(e.request is good for e in events)
+    assert [s.request for s in engine.running] == [good]
+    assert len(engine.free_rows) == 2  # bad's two rows are back (good took the lowest)
+    while engine.busy:
+        engine.step()
+    assert only(good).generated == naive_greedy(model, prompt_of(5, 2), 10)
+    assert_idle(engine)
+    (again,) = engine.generate([prompt_of(4, 1)], GREEDY, n=2)  # the next request is served
+    assert all(s.generated == naive_greedy(model, prompt_of(4, 1), 10) for s in again.sequences)
+
+
+def test_failed_first_draw_returns_its_rows(monkeypatch):
+    """A failure while drawing the first tokens (after the prefill) frees the rows too."""
+    model = build()
+    engine = Engine(model, max_batch=2)
+
+    def broken(seqs, logits, events):
+        raise RuntimeError("injected sampling failure")
+
+    monkeypatch.setattr(engine, "_sample", broken)
+    with pytest.raises(RuntimeError, match="injected sampling"):
+        engine.generate([prompt_of(4, 1)], GREEDY, n=2)  # generate raises the request's error
+    assert_idle(engine)
+    monkeypatch.undo()
+    (req,) = engine.generate([prompt_of(4, 1)], GREEDY)
+    assert only(req).generated == naive_greedy(model, prompt_of(4, 1), 10)
+
+
+def test_failed_decode_step_fails_the_requests_in_it(monkeypatch):
+    model = build()
+    fail_forward(model, monkeypatch, lambda T, call: T == 1 and call == 3)  # the first decode
+    engine = Engine(model, max_batch=4)
+    first = engine.submit(prompt_of(4, 1), GREEDY)
+    second = engine.submit(prompt_of(6, 2), GREEDY, n=2)
+    engine.step()  # two prefills, then the decode step fails
+    assert first.error is not None and second.error is not None
+    assert_idle(engine)
+    (req,) = engine.generate([prompt_of(6, 2)], GREEDY)
+    assert only(req).generated == naive_greedy(model, prompt_of(6, 2), 10)
+
+
+def test_failed_shift_fails_only_its_request(monkeypatch):
+    model = build()
+    # the prefills are of 5 and 3 tokens; the shift of the first one is the next T == 8
+    fail_forward(model, monkeypatch, lambda T, call: T == 8)
+    engine = Engine(model, max_batch=2, capacity=16)
+    shifting = engine.submit(prompt_of(5, 1), replace(GREEDY, max_new_tokens=20))
+    short = engine.submit(prompt_of(3, 2), GREEDY)  # 13 tokens: never shifts
+    while engine.busy:
+        engine.step()
+    assert shifting.error is not None and short.error is None
+    assert only(short).generated == naive_greedy(model, prompt_of(3, 2), 10)
+    assert_idle(engine)
+
+
+def test_failed_text_fails_only_its_request(char_tok, char_model):
+    """A sample whose text cannot be made (here the tokenizer raises on one token) fails alone,
+    in the middle of a decode step that other requests share."""
+    prompts = [char_tok.encode("the cat "), char_tok.encode("a dog ")]
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=5)
+    ref = [only(r).generated for r in Engine(char_model, char_tok).generate(prompts, params)]
+    # a token that the first sample makes after its first, and the second never
+    bad_token = next(t for t in ref[0][1:] if t not in ref[1] and t != ref[0][0])
+
+    class Failing(CharTokenizer):
+        def decode(self, ids):
+            if bad_token in ids:
+                raise RuntimeError("injected decode failure")
+            return super().decode(ids)
+
+    engine = Engine(char_model, Failing(char_tok.chars), max_batch=2)
+    failing, fine = (engine.submit(p, params) for p in prompts)
+    while engine.busy:
+        engine.step()
+    assert isinstance(failing.error, RuntimeError) and fine.error is None
+    assert only(fine).generated == ref[1]
+    assert_idle(engine)
 
 
 # --- submit

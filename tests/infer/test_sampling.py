@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gptlab.infer.config import SampleConfig, SamplingParams
+from gptlab.cli.main import main
+from gptlab.infer.config import InvalidSampling, SampleConfig, SamplingParams
 from gptlab.infer.sampling import Sampler, apply_penalties, draw, sampling_probs, vocab_order
 
 PROBS = [0.5, 0.3, 0.15, 0.05]
@@ -355,13 +356,32 @@ def test_sampler_empirical_frequencies():
         {"max_new_tokens": -1},
         {"stop": ("",)},
         {"stop": ("ok", "")},
+        {"seed": -1},
+        {"seed": 2**63},
+        {"seed": 1.5},
+        {"seed": True},
     ],
 )
 def test_sampling_params_validation(bad):
-    with pytest.raises(ValueError):
+    (field,) = bad
+    with pytest.raises(InvalidSampling, match=field) as e:
         SamplingParams(**bad)
+    assert e.value.field == field  # what the server reports as the bad request field
     with pytest.raises(ValueError):
         SampleConfig(**bad)
+
+
+def test_seed_range():
+    for seed in (None, 0, 2**63 - 1):
+        assert SamplingParams(seed=seed).seed == seed
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_sample_cli_bad_seed_is_one_line(tmp_path, capsys, seed):
+    """Refused while parsing, before the run is loaded: one line, exit 2, no traceback."""
+    assert main(["sample", str(tmp_path), "--seed", seed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed must be an integer in [0, 2**63)" in err[0], err
 
 
 def test_sampling_params_defaults_and_penalised():

@@ -65,14 +65,21 @@ class Server:
 
 
 def make_app(
-    api_key: str | None = None, max_batch: int = 4, seq_len: int = 64, max_tokens: int = 48
+    api_key: str | None = None,
+    max_batch: int = 4,
+    seq_len: int = 64,
+    max_tokens: int = 48,
+    max_queue: int = 64,
+    **limits,
 ):
+    """Two tiny models, tiny-a and tiny-b; `limits` are further Limits fields."""
     workers = {}
     for name, seed in (("tiny-a", 0), ("tiny-b", 1)):
         loaded = tiny_loaded(seed, seq_len)
         fmt = chat_format(loaded.tokenizer, loaded.config)
-        workers[name] = ModelWorker(name, loaded, fmt, max_batch=max_batch)
-    return create_app(workers, api_key=api_key, limits=Limits(max_tokens=max_tokens, max_n=4))
+        workers[name] = ModelWorker(name, loaded, fmt, max_batch=max_batch, max_queue=max_queue)
+    limits = Limits(max_tokens=max_tokens, max_n=4, **limits)
+    return create_app(workers, api_key=api_key, limits=limits)
 
 
 def slow_down(worker: ModelWorker, seconds: float) -> None:

@@ -61,6 +61,8 @@ WATCH = """() => {
 
 def test_page_streams_a_reply(page):
     page.wait_for_function("document.querySelectorAll('#model option').length == 2")
+    # the default max tokens fits the model: 200, or half its context of 256
+    page.wait_for_function("document.querySelector('#max-tokens').value == '128'")
     page.select_option("#model", "tiny-b")
     page.evaluate(WATCH)
     page.fill("#max-tokens", "30")

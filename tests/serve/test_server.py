@@ -10,9 +10,12 @@ import time
 
 import httpx
 import pytest
-from tests.serve.conftest import Server, make_app, slow_down
+from tests.serve.conftest import Server, make_app, slow_down, tiny_loaded
 
 from gptlab.cli.main import main
+from gptlab.infer.config import SamplingParams
+from gptlab.infer.engine import Engine
+from gptlab.infer.load import prompt_ids
 
 openai = pytest.importorskip("openai")
 
@@ -31,6 +34,7 @@ def test_health_models_and_page(server):
     assert httpx.get(f"{server.url}/health").json() == {
         "status": "ok",
         "models": ["tiny-a", "tiny-b"],
+        "failed": {},
     }
     models = httpx.get(f"{server.url}/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["tiny-a", "tiny-b"]
@@ -86,8 +90,10 @@ def test_bad_requests_get_a_clear_4xx(server):
     cases = [
         ({"model": "tiny-a", "prompt": "a", "temperature": 3}, 400, "temperature"),
         ({"model": "tiny-a", "prompt": "a", "max_tokens": 1000}, 400, "max_tokens"),
-        ({"model": "tiny-a", "prompt": "a", "max_tokens": 64}, 400, "max_tokens"),  # > context
-        ({"model": "tiny-a", "prompt": "a" * 80}, 400, "prompt"),  # prompt over the context
+        ({"model": "tiny-a", "prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "tiny-a", "prompt": "a", "top_p": 0}, 400, "top_p"),  # SamplingParams' check
+        ({"model": "tiny-a", "prompt": "a", "top_k": -1}, 400, "top_k"),
+        ({"model": "tiny-a", "prompt": "a", "stop": ["a", ""]}, 400, "stop"),
         ({"model": "tiny-a", "prompt": "\u2603"}, 400, "prompt"),  # not in the char vocab
         ({"model": "tiny-a", "prompt": "a", "n": 9}, 400, "n"),
         ({"model": "tiny-a", "prompt": "a", "logprobs": 2}, 400, "logprobs"),
@@ -104,6 +110,48 @@ def test_bad_requests_get_a_clear_4xx(server):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "tiny-a", "messages": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "dropped"),
+    [
+        ("ab", 20, 0),  # 22 tokens: fits the context of 64
+        ("a" * 40, 40, 32),  # 80 in all: one slide keeps 32 tokens, dropping 32 of the prompt
+        ("a" * 80, 40, 80),  # cropped by 16 to the context, then slid past the rest
+    ],
+    ids=["fits", "slides", "cropped"],
+)
+def test_past_the_context_the_window_slides_as_in_sample(server, prompt, max_tokens, dropped):
+    """prompt + max_tokens over the context is served as `gptlab sample` serves it (the engine
+    with overflow="shift"): the same greedy text, and usage says how much prompt was lost."""
+    body = {"model": "tiny-a", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert out["usage"]["prompt_tokens"] == len(prompt)
+    assert out["usage"]["completion_tokens"] == max_tokens
+    assert out["usage"]["prompt_tokens_dropped"] == dropped
+    loaded = tiny_loaded(0)  # tiny-a's weights
+    ids = prompt_ids(loaded.tokenizer, prompt)
+    greedy = SamplingParams(temperature=0, max_new_tokens=max_tokens)
+    [alone] = Engine(loaded.model, loaded.tokenizer).generate([ids], greedy)
+    assert out["choices"][0]["text"] == alone.sequences[0].text
+
+
+def test_chat_past_the_context_is_served(server):
+    """A conversation longer than the context, with no max_tokens: cropped, and the reply gets
+    half a context (what a slide frees) up to the server's limit."""
+    messages = [{"role": "user", "content": "Tell me a story about the sea, please."}] * 3
+    r = httpx.post(f"{server.url}/v1/chat/completions",
+                   json={"model": "tiny-b", "messages": messages, "temperature": 0})  # fmt: skip
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    assert (
+        usage["prompt_tokens"] > 64
+        and usage["prompt_tokens_dropped"] >= usage["prompt_tokens"] - 64
+    )
+    assert 1 <= usage["completion_tokens"] <= 32
 
 
 def test_empty_prompt_starts_from_a_newline(server):
@@ -176,6 +224,10 @@ def test_serve_cli_bad_input(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", "x", "--port", "70000"]) == 2
     assert "not a TCP port" in capsys.readouterr().err
+    assert main(["serve", "x", "--max-body-mb", "0"]) == 2
+    assert "--max-body-mb must be > 0" in capsys.readouterr().err
+    assert main(["serve", "x", "--max-queue", "-1"]) == 2
+    assert "--max-queue must be >= 0" in capsys.readouterr().err
     with socket.socket() as busy:  # a port someone else holds
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -15,11 +15,11 @@ from typing import Annotated, Literal
 
 import tyro
 
-from gptlab.cli.common import parse
+from gptlab.cli.common import UsageError, parse
 from gptlab.config import from_dict
 from gptlab.errors import GptlabError
 from gptlab.infer.config import SampleConfig
-from gptlab.infer.engine import Engine
+from gptlab.infer.engine import Engine, raise_failed
 from gptlab.infer.load import load_for_inference, prompt_ids
 from gptlab.runtime import pick_device
 
@@ -63,7 +63,10 @@ def run(argv: list[str]) -> int:
     )
     sc = args.sample
     tok = loaded.tokenizer
-    ids = prompt_ids(tok, _read_prompt(sc.prompt))
+    try:
+        ids = prompt_ids(tok, _read_prompt(sc.prompt))
+    except ValueError as e:  # e.g. a character outside a char vocabulary: a bad --prompt
+        raise UsageError(str(e)) from None
     capacity = min(loaded.model.cfg.seq_len, len(ids) + max(sc.max_new_tokens, 1))
     engine = Engine(
         loaded.model, tok, max_batch=sc.num_samples, capacity=capacity, compile=args.compile
@@ -77,9 +80,11 @@ def run(argv: list[str]) -> int:
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
         sys.stdout.write("\n")
+        raise_failed([request])  # a failure inside the engine is a bug: keep its traceback
         return 0
     while engine.busy:
         engine.step()
+    raise_failed([request])
     for i, seq in enumerate(request.sequences):
         if i:
             print("-" * 40)

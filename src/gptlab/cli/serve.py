@@ -46,7 +46,11 @@ class ServeArgs:
     max_tokens: int = 1024
     """Most new tokens a request may ask for (and the chat default)."""
     max_n: int = 8
-    """Most choices (n) per request."""
+    """Most choices (n) per prompt."""
+    max_queue: int = 64
+    """Most samples waiting for a cache row, per model; a request beyond that gets 429."""
+    max_body_mb: float = 4.0
+    """Largest request body in MiB; a larger one gets 413 before it is read or parsed."""
     threads: int | None = None
     """CPU threads for the model; default on a CPU: all cores but one, which is left to the
     HTTP server (its event loop otherwise fights the model's threads for the cores)."""
@@ -103,8 +107,15 @@ def run(argv: list[str]) -> int:
         raise UsageError(f"--port {args.port} is not a TCP port (1..65535)")
     if args.max_batch < 1 or args.max_tokens < 1 or args.max_n < 1:
         raise UsageError("--max-batch, --max-tokens and --max-n must be >= 1")
+    if args.max_queue < 0:
+        raise UsageError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if not args.max_body_mb > 0:
+        raise UsageError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
     _check_port(args.host, args.port)
-    limits = Limits(max_tokens=args.max_tokens, max_n=min(args.max_n, args.max_batch))
+    max_n = min(args.max_n, args.max_batch)
+    limits = Limits(max_tokens=args.max_tokens, max_n=max_n,
+                    max_choices=max(Limits.max_choices, max_n),
+                    max_body_bytes=int(args.max_body_mb * 2**20))  # fmt: skip
     device = pick_device(args.device)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
@@ -116,7 +127,8 @@ def run(argv: list[str]) -> int:
     for name, path in _named(args.run_dirs).items():
         loaded = load_for_inference(path, args.checkpoint, device, args.dtype)
         fmt = chat_format(loaded.tokenizer, loaded.config, args.template)
-        workers[name] = ModelWorker(name, loaded, fmt, args.max_batch, compile=args.compile)
+        workers[name] = ModelWorker(name, loaded, fmt, args.max_batch, compile=args.compile,
+                                    max_queue=args.max_queue)  # fmt: skip
     api_key = args.api_key or os.environ.get("GPTLAB_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("warning: serving on %s without an API key: anyone who can reach it can "

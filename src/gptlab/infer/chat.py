@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from gptlab.infer.config import SamplingParams
-from gptlab.infer.engine import Engine
+from gptlab.infer.engine import Engine, raise_failed
 from gptlab.infer.load import prompt_ids
 from gptlab.tokenizer.base import Tokenizer
 
@@ -166,6 +166,7 @@ class ChatSession:
             for event in self.engine.step():
                 pieces.append(event.text)
                 yield event.text
+        raise_failed([request])
         if request.cancelled:
             return
         reply = "".join(pieces)

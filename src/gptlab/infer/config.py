@@ -5,27 +5,41 @@ from __future__ import annotations
 
 import dataclasses
 
+# A seed is an int64 as in OpenAI's API, and not negative: it is mixed by numpy's SeedSequence
+# (infer/engine.py), which refuses negative numbers.
+MAX_SEED = 2**63
+
+
+class InvalidSampling(ValueError):
+    """A SamplingParams field out of range. `field` names it, so that the server can point at
+    the request field (OpenAI's `param`) without parsing the message."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 def _check_sampling(p: SamplingParams) -> None:
-    if p.max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {p.max_new_tokens}")
-    if p.temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {p.temperature}")
-    if p.top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 disables it), got {p.top_k}")
-    if not 0 < p.top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {p.top_p}")
-    if not 0 <= p.min_p < 1:
-        raise ValueError(f"min_p must be in [0, 1) (0 disables it), got {p.min_p}")
-    if p.repetition_penalty <= 0:
-        raise ValueError(
-            f"repetition_penalty must be > 0 (1 disables it), got {p.repetition_penalty}"
-        )
+    """Every check of every sampling field: the CLI, the chat session and the server all build
+    a SamplingParams, so a bad value is refused here, before any engine state is touched."""
+
+    def require(ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            raise InvalidSampling(field, f"{field} must be {rule}, got {getattr(p, field)!r}")
+
+    require(p.max_new_tokens >= 0, "max_new_tokens", ">= 0")
+    require(p.temperature >= 0, "temperature", ">= 0 (0 is greedy)")
+    require(p.top_k >= 0, "top_k", ">= 0 (0 disables it)")
+    require(0 < p.top_p <= 1, "top_p", "in (0, 1] (1 disables it)")
+    require(0 <= p.min_p < 1, "min_p", "in [0, 1) (0 disables it)")
+    require(p.repetition_penalty > 0, "repetition_penalty", "> 0 (1 disables it)")
     for name in ("frequency_penalty", "presence_penalty"):
-        if not -2 <= getattr(p, name) <= 2:
-            raise ValueError(f"{name} must be in [-2, 2] (0 disables it), got {getattr(p, name)}")
+        require(-2 <= getattr(p, name) <= 2, name, "in [-2, 2] (0 disables it)")
     if any(not s for s in p.stop):
-        raise ValueError("stop strings must not be empty")
+        raise InvalidSampling("stop", "stop strings must not be empty")
+    if p.seed is not None:
+        is_int = isinstance(p.seed, int) and not isinstance(p.seed, bool)
+        require(is_int and 0 <= p.seed < MAX_SEED, "seed", "an integer in [0, 2**63)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,7 +67,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     """Stop after any of these token ids (not returned either), besides the tokenizer's EOS."""
     seed: int | None = None
-    """Seed of this request's own generator; None = a fresh random one."""
+    """Seed of this request's own generator, in [0, 2**63); None = a fresh random one."""
 
     def __post_init__(self) -> None:
         _check_sampling(self)

@@ -25,13 +25,22 @@ needs more, `overflow="shift"` keeps its last capacity/2 tokens and recomputes t
 them (positions start again at 0, so every architecture stays exactly what it was trained on;
 it is nanoGPT's cropping, done once per capacity/2 tokens instead of at every token);
 `overflow="error"` finishes the sample with reason "length". A prompt longer than the context
-is cropped to its last `capacity` tokens under "shift" and refused under "error".
+is cropped to its last `capacity` tokens under "shift" and refused under "error";
+`Request.prompt_tokens_dropped` counts the prompt tokens a request lost either way.
+
+Failures stay with their request (issue 15: a bad seed once took cache rows and never gave
+them back, and every later request failed). Admission takes rows only after what can fail
+without them (seeds, generators) has succeeded; if a prefill, a shift or a draw then raises,
+the request's rows are freed, `Request.error` holds the exception and its events are dropped,
+while the other requests carry on. A decode step is shared, so its failure fails the requests
+in it, and their rows are freed the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 from collections import deque
 from collections.abc import Iterator
 from typing import Literal
@@ -46,6 +55,7 @@ from gptlab.model.kv_cache import KVCache
 from gptlab.seeding import mix_seed
 from gptlab.tokenizer.base import Tokenizer
 
+log = logging.getLogger(__name__)
 Overflow = Literal["shift", "error"]
 
 
@@ -62,6 +72,7 @@ class Sequence:
     generated: list[int] = dataclasses.field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # "stop" or "length" once finished
+    window_start: int = 0  # tokens[window_start:] are in the row (moves on at each shift)
 
 
 @dataclasses.dataclass(eq=False)
@@ -72,14 +83,25 @@ class Request:
     prompt: list[int]
     params: SamplingParams
     n: int
+    cropped: int = 0  # oldest prompt tokens cut at submit: the prompt exceeded the context
     sequences: list[Sequence] = dataclasses.field(default_factory=list)
     cancelled: bool = False
+    error: Exception | None = None  # why it failed; its rows are free again
 
     @property
     def done(self) -> bool:
-        return self.cancelled or (
-            len(self.sequences) == self.n and all(s.finish_reason for s in self.sequences)
+        return (
+            self.cancelled
+            or self.error is not None
+            or (len(self.sequences) == self.n and all(s.finish_reason for s in self.sequences))
         )
+
+    @property
+    def prompt_tokens_dropped(self) -> int:
+        """Prompt tokens that some sample no longer saw: cut at submit, or slid out of its
+        window by a shift."""
+        slid = max((min(s.window_start, len(self.prompt)) for s in self.sequences), default=0)
+        return self.cropped + slid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,14 +180,13 @@ class Engine:
             raise ValueError(
                 f"prompt token {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}"
             )
-        if len(prompt) > self.capacity:
-            if self.overflow == "error":
-                raise ValueError(
-                    f"the prompt has {len(prompt)} tokens but the context holds {self.capacity}; "
-                    "shorten the prompt"
-                )
-            prompt = prompt[-self.capacity :]  # the model only ever sees its last context
-        request = Request(next(self._ids), list(prompt), params, n)
+        if len(prompt) > self.capacity and self.overflow == "error":
+            raise ValueError(
+                f"the prompt has {len(prompt)} tokens but the context holds {self.capacity}; "
+                "shorten the prompt"
+            )
+        cropped = max(0, len(prompt) - self.capacity)  # the model only sees its last context
+        request = Request(next(self._ids), list(prompt[cropped:]), params, n, cropped)
         self.waiting.append(request)
         return request
 
@@ -185,16 +206,22 @@ class Engine:
         while self.waiting and len(self.free_rows) >= self.waiting[0].n:
             self._admit(self.waiting.popleft(), events)
         if self.running:
-            self._decode(events)
-        return events
+            try:
+                self._decode(events)
+            except Exception as e:  # the step is shared: fail the requests in it
+                for request in {s.request.id: s.request for s in self.running}.values():
+                    self._fail(request, e)
+        return [e for e in events if e.request.error is None]
 
     def stream(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int = 1
     ) -> Iterator[Event]:
-        """Run these prompts to completion, yielding events as tokens come."""
-        self._submit_all(prompts, params, n)
+        """Run these prompts to completion, yielding events as tokens come; a request that
+        failed raises its error at the end."""
+        requests = self._submit_all(prompts, params, n)
         while self.busy:
             yield from self.step()
+        raise_failed(requests)
 
     def warm_up(self) -> None:
         """Run a few short generations so a compiled engine does its compiling now, not on a
@@ -209,10 +236,12 @@ class Engine:
     def generate(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], n: int = 1
     ) -> list[Request]:
-        """Run these prompts to completion; the requests hold each sample's tokens and text."""
+        """Run these prompts to completion; the requests hold each sample's tokens and text (a
+        request that failed raises its error)."""
         requests = self._submit_all(prompts, params, n)
         while self.busy:
             self.step()
+        raise_failed(requests)
         return requests
 
     def _submit_all(
@@ -225,28 +254,36 @@ class Engine:
     # -- prefill -----------------------------------------------------------------------------
 
     def _admit(self, request: Request, events: list[Event]) -> None:
+        """Give a request its rows: one prefill, copied to its n rows, and each sample's first
+        token. What can fail without rows comes first; a failure after that frees them."""
         p = request.params
-        rows = sorted(self.free_rows)[: request.n]
-        self.free_rows = [r for r in self.free_rows if r not in rows]
-        logits = self._prefill(rows[0], request.prompt)  # (1, V)
-        for r in rows[1:]:
-            self.cache.copy_row(rows[0], r)
         seed = p.seed if p.seed is not None else int(torch.randint(2**62, ()).item())
-        for i, row in enumerate(rows):
+        seqs = []
+        for i in range(request.n):
             g = torch.Generator().manual_seed(mix_seed(seed, i))
             stream = TextStream(self.tokenizer, p.stop) if self.tokenizer is not None else None
-            seq = Sequence(request, i, list(request.prompt), g, stream, row=row)
-            request.sequences.append(seq)
-            self.running.append(seq)
+            seqs.append(Sequence(request, i, list(request.prompt), g, stream))
+        rows = sorted(self.free_rows)[: request.n]
+        self.free_rows = [r for r in self.free_rows if r not in rows]
+        for seq, row in zip(seqs, rows, strict=True):
+            seq.row = row
+        request.sequences = seqs
+        self.running = sorted(self.running + seqs, key=lambda s: s.row)
+        try:
+            logits = self._prefill(rows[0], request.prompt)  # (1, V)
+            for r in rows[1:]:
+                self.cache.copy_row(rows[0], r)
             if p.penalised:
-                self._reset_penalties(row, request.prompt)
-        self.running.sort(key=lambda s: s.row)
-        if p.max_new_tokens == 0:
-            for seq in request.sequences:
-                self._finish(seq, "length", events)
-            return
-        first = logits.expand(request.n, -1)  # (n, V): the samples share the prompt's logits
-        self._sample(request.sequences, first, events)
+                for r in rows:
+                    self._reset_penalties(r, request.prompt)
+            if p.max_new_tokens == 0:
+                for seq in request.sequences:
+                    self._finish(seq, "length", events)
+                return
+            first = logits.expand(request.n, -1)  # (n, V): the samples share the prompt's logits
+            self._sample(request.sequences, first, events)
+        except Exception as e:
+            self._fail(request, e)
 
     def _prefill(self, row: int, tokens: list[int]) -> torch.Tensor:
         """Fill cache row `row` with tokens; logits (1, V) for the token after them."""
@@ -261,8 +298,11 @@ class Engine:
 
     def _decode(self, events: list[Event]) -> None:
         for seq in list(self.running):
-            if self.cache.lengths[seq.row] == self.capacity:
-                self._shift(seq, events)
+            if seq.request.error is None and self.cache.lengths[seq.row] == self.capacity:
+                try:
+                    self._shift(seq, events)
+                except Exception as e:  # a shift is a prefill of this sample alone
+                    self._fail(seq.request, e)
         live = [s for s in self.running if not s.finish_reason]
         if not live:
             return
@@ -292,7 +332,9 @@ class Engine:
             self._finish(seq, "length", events)
             return
         keep = self.capacity // 2  # >= 1, and leaves room for the newest token
-        self._prefill(seq.row, seq.tokens[-1 - keep : -1])  # the newest token is fed next
+        start = len(seq.tokens) - 1 - keep
+        self._prefill(seq.row, seq.tokens[start:-1])  # the newest token is fed next
+        seq.window_start = start
 
     # -- sampling and bookkeeping ------------------------------------------------------------
 
@@ -318,7 +360,11 @@ class Engine:
             rows = torch.tensor([s.row for s in seqs], device=self.device)
             seen, counts = self._seen[rows], self._counts[rows]
         for seq, token in zip(seqs, sampler(logits, seen, counts), strict=True):
-            self._accept(seq, token, events)
+            if seq.request.error is None:
+                try:
+                    self._accept(seq, token, events)
+                except Exception as e:  # e.g. its text: fails this request, not the batch
+                    self._fail(seq.request, e)
 
     def _accept(self, seq: Sequence, token: int, events: list[Event]) -> None:
         p = seq.request.params
@@ -354,6 +400,14 @@ class Engine:
         events.append(Event(seq.request, seq.index, token, piece + rest, reason))
         self._release(seq)
 
+    def _fail(self, request: Request, error: Exception) -> None:
+        """The request failed: record why and free its rows (its events are dropped)."""
+        log.warning("request %d failed: %r", request.id, error)
+        request.error = error
+        for seq in request.sequences:
+            seq.finish_reason = seq.finish_reason or "error"
+            self._release(seq)
+
     def _release(self, seq: Sequence) -> None:
         if seq in self.running:
             self.running.remove(seq)
@@ -374,3 +428,10 @@ class Engine:
         self._seen[row] = False
         self._seen[row, torch.tensor(prompt, device=self.device)] = True
         self._counts[row] = 0
+
+
+def raise_failed(requests: list[Request]) -> None:
+    """Raise the error of the first of these requests that failed, if any."""
+    for request in requests:
+        if request.error is not None:
+            raise request.error

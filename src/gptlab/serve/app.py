@@ -1,13 +1,15 @@
 """The HTTP app: OpenAI-compatible completions and chat completions, and a web chat page.
 
     GET  /                      the chat page (static/index.html)
-    GET  /health                {"status": "ok", "models": [...]}
+    GET  /health                {"status": "ok", "models": [...], "failed": {}}; 503 when a
+                                model's worker thread has died ("failed" says why)
     GET  /v1/models             the models served, OpenAI's list format
     POST /v1/completions        text in, text out; "stream": true sends server-sent events
     POST /v1/chat/completions   messages in, the assistant's reply out; streams the same way
 
-Requests are validated in schemas.py; each model runs in its worker (worker.py). With an API
-key set, the /v1 routes need `Authorization: Bearer <key>`.
+Requests are validated in schemas.py, after body_limit.py has capped the body's size; each
+model runs in its worker (worker.py), which bounds its queue (429) and reports its own death
+(503). With an API key set, the /v1 routes need `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from gptlab.infer.engine import Event
+from gptlab.serve.body_limit import BodyLimit
 from gptlab.serve.schemas import (
     APIError,
     ChatCompletionRequest,
@@ -34,12 +37,7 @@ from gptlab.serve.schemas import (
     plan_chat,
     plan_completion,
 )
-from gptlab.serve.worker import DONE, Handle, ModelWorker
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+from gptlab.serve.worker import DONE, Handle, ModelWorker, QueueFull, WorkerDied
 
 
 def _sse(data: dict | str) -> str:
@@ -58,8 +56,12 @@ class Job:
         self.completion_tokens = 0
 
     def start(self) -> None:
-        for prompt in self.plan.prompts:
-            self.handles.append(self.worker.submit(prompt, self.plan.params, self.plan.n))
+        try:
+            self.handles = self.worker.submit(self.plan.prompts, self.plan.params, self.plan.n)
+        except QueueFull as e:
+            raise APIError(429, str(e), None, "queue_full") from None
+        except WorkerDied as e:
+            raise APIError(503, str(e), None, "model_unavailable") from None
 
     def cancel(self) -> None:
         for h in self.handles:
@@ -72,6 +74,8 @@ class Job:
                 item = await handle.events.get()
                 if item is DONE:
                     break
+                if isinstance(item, WorkerDied):
+                    raise APIError(503, str(item), None, "model_unavailable")
                 if isinstance(item, ValueError):
                     raise APIError(400, str(item))
                 if isinstance(item, Exception):
@@ -95,7 +99,12 @@ class Job:
                 "model": self.worker.name, "choices": [choice]}  # fmt: skip
 
     def usage(self) -> dict[str, int]:
-        return _usage(self.prompt_tokens, self.completion_tokens)
+        """OpenAI's usage, plus how many prompt tokens the model no longer saw: cut because
+        the prompt exceeded the context, or slid out of the window as the reply grew."""
+        dropped = sum(h.request.prompt_tokens_dropped for h in self.handles if h.request)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_dropped": dropped}  # fmt: skip
 
 
 def create_app(
@@ -114,6 +123,7 @@ def create_app(
 
     app = FastAPI(title="gptlab", lifespan=lifespan)
     app.state.workers = workers
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
@@ -149,8 +159,10 @@ def create_app(
         return resources.files("gptlab.serve").joinpath("static/index.html").read_text("utf-8")
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "models": list(workers)}
+    async def health() -> JSONResponse:
+        failed = {name: w.failure for name, w in workers.items() if w.failure is not None}
+        body = {"status": "failing" if failed else "ok", "models": list(workers), "failed": failed}
+        return JSONResponse(body, status_code=503 if failed else 200)
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict:

@@ -1,9 +1,16 @@
 """Request bodies of the OpenAI-compatible API, their limits, and the one error shape.
 
-Every request is checked here and nowhere else: field types and ranges by the pydantic models
-below, then the checks that need the model (prompt length against the context, the tokenizer's
-vocabulary) in `plan_*`. A failed check raises APIError, which the app turns into
+Every request is checked here: field types (and this API's own bounds, such as OpenAI's
+temperature <= 2) by the pydantic models below; the ranges of the sampling fields by
+SamplingParams itself (infer/config.py), the one place that `gptlab sample` and `gptlab chat`
+share; then, in `plan_*`, the request as a whole (how many prompts, choices, messages and stop
+strings) before any text is encoded, and what needs the model (its tokenizer). The body's size
+is capped before it is even parsed (body_limit.py), and the queue in the worker (worker.py).
+A failed check raises APIError, which the app turns into
     HTTP 4xx  {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+A prompt longer than the context, or one that max_tokens would carry past it, is not an error:
+the engine slides the window, as `gptlab sample` does, and `usage.prompt_tokens_dropped` says
+how many prompt tokens the model no longer saw.
 Fields OpenAI defines but gptlab does not implement (logprobs, echo, tools, ...) are refused
 with a clear message rather than silently ignored; unknown fields are ignored, as OpenAI does.
 gptlab extensions: top_k, min_p, repetition_penalty.
@@ -14,10 +21,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from gptlab.infer.chat import ChatFormat, Message, chat_prompt
-from gptlab.infer.config import SamplingParams
+from gptlab.infer.config import InvalidSampling, SamplingParams
 from gptlab.infer.load import prompt_ids
 from gptlab.tokenizer.base import Tokenizer
 
@@ -32,7 +39,7 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(
+        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
             self.status, "invalid_request_error" if self.status < 500 else "server_error"
         )
         return {"error": {"message": self.message, "type": kind, "param": self.param,
@@ -44,13 +51,19 @@ class Limits:
     """What one request may ask for (set with `gptlab serve` flags)."""
 
     max_tokens: int = 1024
-    """Most new tokens per choice (also the default when a chat request gives none)."""
+    """Most new tokens per choice (also the most a chat request gets when it gives none)."""
     max_n: int = 8
-    """Most choices per request (and at most the engine's batch)."""
+    """Most choices per prompt (and at most the engine's batch)."""
+    max_choices: int = 32
+    """Most choices per request: prompts x n."""
     max_prompt_chars: int = 200_000
-    """Longest prompt text accepted before tokenizing."""
+    """Longest prompt text (or message) accepted before tokenizing."""
+    max_messages: int = 256
+    """Most messages in a chat request."""
     max_stop: int = 4
     """Most stop strings per request (OpenAI's limit)."""
+    max_body_bytes: int = 4 * 2**20
+    """Largest request body, checked before it is read in full or parsed."""
 
 
 class StreamOptions(BaseModel):
@@ -62,21 +75,22 @@ class _Common(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    # types here, and this API's own bounds; SamplingParams checks the ranges of the rest
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, le=2.0)
+    top_p: float = 1.0
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: StrictInt | None = None  # strict: "5", 5.0 and true are not seeds
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     # gptlab extensions
-    top_k: int = Field(0, ge=0)
-    min_p: float = Field(0.0, ge=0.0, lt=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = Field(1.0, le=10.0)
     # defined by OpenAI, not implemented: refused when set
     logprobs: Any = None
     logit_bias: Any = None
@@ -135,44 +149,39 @@ class Plan:
     n: int
 
 
+# SamplingParams' field -> the request field to blame for it
+_PARAM = {"max_new_tokens": "max_tokens"}
+
+
 def _params(req: _Common, max_new: int, limits: Limits) -> SamplingParams:
     if bad := req.unsupported():
         raise APIError(400, f"{bad[0]} is not supported by this server", bad[0])
     if req.n > limits.max_n:
         raise APIError(400, f"n = {req.n} is more than this server's limit of {limits.max_n}", "n")
     stop = req.stop_list()
-    if len(stop) > limits.max_stop or any(not s for s in stop):
-        raise APIError(400, f"stop takes up to {limits.max_stop} non-empty strings", "stop")
-    return SamplingParams(
-        max_new_tokens=max_new, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-        min_p=req.min_p, repetition_penalty=req.repetition_penalty,
-        frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
-        stop=stop, seed=req.seed,
-    )  # fmt: skip
-
-
-def _max_new(
-    asked: int | None, prompt_len: int, context: int, limits: Limits, param: str, prompt: str
-) -> int:
-    """New tokens per choice: what was asked, checked against the limit and the context."""
-    room = context - prompt_len
-    noun = "conversation" if prompt == "messages" else "prompt"
-    if room < 1:
-        raise APIError(
-            400, f"the {noun} has {prompt_len} tokens but the model's context is {context}; "
-            f"shorten the {noun}", prompt, "context_length_exceeded",
+    if len(stop) > limits.max_stop:
+        raise APIError(400, f"stop takes up to {limits.max_stop} strings, not {len(stop)}", "stop")
+    try:
+        return SamplingParams(
+            max_new_tokens=max_new, temperature=req.temperature, top_k=req.top_k,
+            top_p=req.top_p, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+            frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+            stop=stop, seed=req.seed,
         )  # fmt: skip
+    except InvalidSampling as e:
+        raise APIError(400, str(e), _PARAM.get(e.field, e.field)) from None
+
+
+def _max_new(asked: int | None, prompt_len: int, context: int, limits: Limits, param: str) -> int:
+    """New tokens per choice. The window slides past the context, so only the server's limit
+    caps what is asked; when nothing is, what is left of the context (at least the half of it
+    that a slide frees), up to the limit."""
     if asked is None:
-        return min(limits.max_tokens, room)
+        return min(limits.max_tokens, max(context - prompt_len, context // 2))
     if asked > limits.max_tokens:
         raise APIError(
             400, f"{param} = {asked} is more than this server's limit of {limits.max_tokens}",
             param,
-        )  # fmt: skip
-    if asked > room:
-        raise APIError(
-            400, f"the model's context is {context} tokens: the {noun} has {prompt_len}, so "
-            f"{param} can be at most {room}, not {asked}", param, "context_length_exceeded",
         )  # fmt: skip
     return asked
 
@@ -193,13 +202,25 @@ def plan_completion(
     texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not texts:
         raise APIError(400, "prompt must not be an empty list", "prompt")
+    params = _params(req, 1, limits)  # checks n before n is multiplied
+    if len(texts) * req.n > limits.max_choices:
+        raise APIError(
+            400, f"{len(texts)} prompts x n = {req.n} is {len(texts) * req.n} choices; this "
+            f"server's limit is {limits.max_choices} per request", "prompt",
+        )  # fmt: skip
     prompts = [_encode(tokenizer, t, limits, "prompt") for t in texts]
     longest = max(len(p) for p in prompts)
-    max_new = _max_new(req.max_tokens, longest, context, limits, "max_tokens", "prompt")
-    return Plan(prompts, _params(req, max_new, limits), req.n)
+    max_new = _max_new(req.max_tokens, longest, context, limits, "max_tokens")
+    return Plan(prompts, dataclasses.replace(params, max_new_tokens=max_new), req.n)
 
 
 def plan_chat(req: ChatCompletionRequest, fmt: ChatFormat, context: int, limits: Limits) -> Plan:
+    if len(req.messages) > limits.max_messages:
+        raise APIError(
+            400, f"{len(req.messages)} messages is more than this server's limit of "
+            f"{limits.max_messages}", "messages",
+        )  # fmt: skip
+    base = _params(req, 1, limits)
     messages = []
     for m in req.messages:
         text = m.text()
@@ -207,12 +228,11 @@ def plan_chat(req: ChatCompletionRequest, fmt: ChatFormat, context: int, limits:
             raise APIError(400, f"a message is longer than {limits.max_prompt_chars} characters",
                            "messages")  # fmt: skip
         messages.append(Message("system" if m.role == "developer" else m.role, text))
-    base = _params(req, 1, limits)
     try:
         ids, params = chat_prompt(fmt, messages, base)
     except ValueError as e:
         raise APIError(400, f"the messages cannot be encoded: {e}", "messages") from None
     asked = req.max_completion_tokens or req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-    max_new = _max_new(asked, len(ids), context, limits, param, "messages")
+    max_new = _max_new(asked, len(ids), context, limits, param)
     return Plan([ids], dataclasses.replace(params, max_new_tokens=max_new), req.n)
