@@ -3,8 +3,14 @@
 `shakespeare_char` is nanoGPT's GPU recipe; `shakespeare_char_cpu` is tuned to learn Shakespeare
 on a 2-core laptop CPU in well under a minute; `gpt2-char`, `llama` and `modern` are the three
 architecture recipes at that size (compared in docs/architecture.md); `gpt2` ... `gpt2-xl` are
-the published GPT-2 shapes and `llama-15m` ... `llama-100m` small LLaMA-style models (their data
-is the default dataset until a tokenizer for real corpora is chosen); `tiny` is for tests.
+the published GPT-2 shapes and `llama-15m` ... `llama-100m` small LLaMA-style models; `tiny` is
+for tests.
+
+A preset says what it trains: its model.vocab_size is the vocabulary of its data's tokenizer,
+so `gptlab info --preset NAME` shows the model `gptlab train --preset NAME` builds (training
+replaces vocab_size with the data's). The token-level presets read tiny Shakespeare with the
+GPT-2 tokenizer (nanoGPT's `shakespeare` recipe), a corpus that is always at hand; point
+--data.dataset at a larger one for real runs.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import dataclasses
 from collections.abc import Callable
 
 from gptlab.data.config import DataConfig
+from gptlab.errors import ConfigError
 from gptlab.model.config import ModelConfig
 from gptlab.optim.config import OptimConfig
 from gptlab.train.config import RunConfig, TrainConfig
@@ -110,13 +117,28 @@ def shakespeare_char_cpu() -> RunConfig:
     )
 
 
+GPT2_VOCAB = 50257  # the GPT-2 tokenizer: 256 bytes + 50000 merges + <|endoftext|>
+
+
+def _gpt2_tokens() -> DataConfig:
+    """Tiny Shakespeare (registered as shakespeare_char) in GPT-2 tokens: about 300K train
+    tokens, nanoGPT's `shakespeare` dataset."""
+    return DataConfig(dataset="shakespeare_char", tokenizer="gpt2")
+
+
 def _gpt2(n_layer: int, n_head: int, n_embd: int, name: str) -> RunConfig:
     """A GPT-2 shape (Radford et al. 2019): vocab 50257, context 1024, biases, tied head."""
     model = ModelConfig(
-        n_layer=n_layer, n_head=n_head, n_embd=n_embd, seq_len=1024, vocab_size=50257, bias=True
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        seq_len=1024,
+        vocab_size=GPT2_VOCAB,
+        bias=True,
     )
     return RunConfig(
         model=model,
+        data=_gpt2_tokens(),
         optim=OptimConfig(lr=6e-4, min_lr=6e-5, weight_decay=0.1, beta2=0.95, warmup_steps=700),
         train=TrainConfig(
             max_steps=600_000, batch_size=12, grad_accum_steps=40, out_dir=f"runs/{name}"
@@ -145,15 +167,17 @@ def gpt2_xl() -> RunConfig:
 
 
 def _llama(n_layer: int, n_head: int, n_kv_head: int, n_embd: int, name: str) -> RunConfig:
-    """A small LLaMA-2-style model (the llama2.c "stories" shapes, with GQA): vocab 32000,
-    context 256, RoPE, RMSNorm, SwiGLU, no biases, tied embeddings as in llama2.c."""
+    """A small LLaMA-2-style model (the llama2.c "stories" shapes, with GQA): context 256, RoPE,
+    RMSNorm, SwiGLU, no biases, tied embeddings as in llama2.c. The name gives the size at
+    llama2.c's 32000-token vocabulary; with the GPT-2 tokenizer's 50257 the tied embedding is
+    larger (llama-15m has 19.8M parameters, llama-40m 49.0M, llama-100m 114.2M)."""
     model = ModelConfig(
         n_layer=n_layer,
         n_head=n_head,
         n_kv_head=n_kv_head,
         n_embd=n_embd,
         seq_len=256,
-        vocab_size=32000,
+        vocab_size=GPT2_VOCAB,
         bias=False,
         pos_emb="rope",
         norm="rmsnorm",
@@ -161,6 +185,7 @@ def _llama(n_layer: int, n_head: int, n_kv_head: int, n_embd: int, name: str) ->
     )
     return RunConfig(
         model=model,
+        data=_gpt2_tokens(),
         optim=OptimConfig(lr=5e-4, min_lr=5e-5, weight_decay=0.1, beta2=0.95, warmup_steps=1000),
         train=TrainConfig(
             max_steps=100_000, batch_size=32, grad_accum_steps=4, out_dir=f"runs/{name}"
@@ -219,6 +244,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 
 def get_preset(name: str) -> RunConfig:
+    """The preset called `name`; ConfigError listing the presets if there is none."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -3,13 +3,21 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from tests.conftest import needs_shakespeare
+from tests.conftest import SHARED, needs_shakespeare
 
 from gptlab.cli.main import main
 
 TINY = ["--preset", "tiny", "--train.max_steps", "20"]
+
+needs_gpt2_and_shakespeare = pytest.mark.skipif(
+    not SHARED
+    or not (Path(SHARED) / "gpt2_tokenizer" / "encoder.json").is_file()
+    or not (Path(SHARED) / "tinyshakespeare" / "input.txt").is_file(),
+    reason="set GPTLAB_DATA_DIR to the shared data folder",
+)
 
 
 def _one_error_line(capsys) -> str:
@@ -233,6 +241,41 @@ def test_info_for_presets_and_runs(cli_env, capsys, text_file):
     capsys.readouterr()
     assert main(["info", "r"]) == 0
     assert "layers x 32 wide" in capsys.readouterr().out
+
+
+def test_train_prints_a_short_summary_first(cli_env, capsys, text_file):
+    assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:6] == [
+        "preset tiny",
+        "  model   30.6K parameters: 2 layers x 32 wide, 2 heads, context 32, vocab 65",
+        f"  data    {text_file}, tokenizer char",
+        "  train   20 steps, adamw lr 0.003",
+        "  device  cpu, compute dtype float32",
+        f"  out     r (full config: {Path('r') / 'config.json'})",
+    ]
+    assert not any('{"' in line for line in lines)  # the config itself is not dumped
+    assert json.loads((cli_env / "r" / "config.json").read_text())["train"]["max_steps"] == 20
+
+
+@needs_gpt2_and_shakespeare
+def test_info_shows_what_train_builds_for_the_gpt2_preset(cli_env, capsys):
+    """The preset's data is GPT-2 tokens, so training keeps its vocab_size: `info --preset`
+    describes the very model that `train` saves. (Shrunk by flags to train on a CPU; the data
+    only ever changes the vocabulary.)"""
+    small = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "32"]
+    small += ["--model.seq_len", "32", "--train.device", "cpu", "--train.dtype", "float32"]
+    assert main(["info", "--preset", "gpt2", *small]) == 0
+    from_preset = capsys.readouterr().out.splitlines()
+    assert "vocab 50257 padded to 50304" in from_preset[6]
+    steps = ["--train.max_steps", "1", "--train.batch_size", "2", "--train.grad_accum_steps", "1"]
+    steps += ["--optim.warmup_steps", "0", "--train.eval_steps", "1", "--train.out_dir", "r"]
+    assert main(["train", "--preset", "gpt2", *small, *steps]) == 0
+    trained = capsys.readouterr().out
+    assert "  data    shakespeare_char, tokenizer gpt2" in trained
+    assert "model.vocab_size" not in trained  # the data did not override the preset's vocab
+    assert main(["info", "r"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == from_preset[1:]
 
 
 @pytest.mark.parametrize(

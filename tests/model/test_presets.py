@@ -1,11 +1,15 @@
 """Presets: the big ones have their published parameter counts, the small ones learn."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from tests.conftest import SHARED, shakespeare_path
 
 from gptlab.model.accounting import build_meta, count_params
 from gptlab.model.gpt import GPT
 from gptlab.presets import PRESETS, get_preset
+from gptlab.tokenizer.load import resolve_tokenizer
 
 # GPT-2 paper / Hugging Face checkpoints, vocabulary 50257 (we pad to 50304: +0.03% at most)
 PUBLISHED = {
@@ -29,7 +33,26 @@ def test_llama_presets_are_llama_style():
         m = get_preset(name).model
         assert (m.pos_emb, m.norm, m.mlp, m.bias) == ("rope", "rmsnorm", "swiglu", False)
         assert m.kv_heads < m.n_head  # GQA
-    assert round(count_params(build_meta(get_preset("llama-15m").model)).total / 1e6) == 15
+    # 14.5M at llama2.c's vocabulary of 32000; GPT-2's 50257 adds 18257 x 288 tied embedding rows
+    assert round(count_params(build_meta(get_preset("llama-15m").model)).total / 1e6, 1) == 19.8
+
+
+@pytest.mark.skipif(
+    shakespeare_path() is None or not (Path(SHARED) / "gpt2_tokenizer").is_dir(),
+    reason="set GPTLAB_DATA_DIR to the shared data folder",
+)
+def test_every_preset_has_the_vocab_size_of_its_tokenizer():
+    """So training, which takes vocab_size from the data's tokenizer, builds the preset's model."""
+    chars = len(set(shakespeare_path().read_text(encoding="utf-8")))  # 65
+    gpt2 = resolve_tokenizer("gpt2", data_dir=Path(SHARED)).vocab_size  # 50257
+    for name in PRESETS:
+        data, model = get_preset(name).data, get_preset(name).model
+        if data.tokenizer == "char":
+            assert (data.dataset, model.vocab_size) == ("shakespeare_char", chars), name
+        else:
+            assert (data.tokenizer, model.vocab_size) == ("gpt2", gpt2), name
+    for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-15m", "llama-100m"):
+        assert get_preset(name).data.tokenizer == "gpt2", name
 
 
 def test_cpu_recipes_have_about_the_same_size():

@@ -1,5 +1,5 @@
 """What every verb shares: logging setup, data locations from the environment, and tyro parsing
-that turns any usage error into one line instead of a boxed message.
+that turns any usage error into one line (a UsageError) instead of a boxed message.
 
 This is the only layer that reads environment variables or prints.
 """
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import tyro
 
 from gptlab.data.registry import Locations
+from gptlab.errors import ConfigError
 from gptlab.runtime import Launch
 
 T = TypeVar("T")
@@ -27,8 +28,9 @@ EXIT_USAGE = 2  # bad flag or config value
 EXIT_ERROR = 1  # a user-fixable problem found while running (missing file, corrupt checkpoint)
 
 
-class UsageError(Exception):
-    """A command-line or config mistake: printed as one line, exit status 2."""
+class UsageError(ConfigError):
+    """A command-line mistake (a flag, an argument, a value): a ConfigError, so main prints it
+    as one line with exit status 2."""
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -108,7 +110,11 @@ def _condense(text: str) -> str:
 
 
 def parse(cls: type[T], args: Sequence[str], prog: str, default: Any = None, **kw: Any) -> T:
-    """tyro.cli, but a usage error raises UsageError with a one-line message."""
+    """tyro.cli, but a usage error raises UsageError with a one-line message.
+
+    tyro reports most ValueErrors of a config's `__post_init__` as usage errors, but lets some
+    through (RunConfig's cross-section checks, built inside gptlab train's TrainArgs). Those are
+    rejected values too, so they become UsageErrors here."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -117,3 +123,5 @@ def parse(cls: type[T], args: Sequence[str], prog: str, default: Any = None, **k
         if e.code in (0, None):  # --help
             raise
         raise UsageError(f"{_condense(err.getvalue())} (see {prog} --help)") from None
+    except ValueError as e:
+        raise UsageError(str(e)) from e

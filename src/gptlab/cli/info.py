@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlab import checkpoint
+from gptlab.cli.common import UsageError
 from gptlab.cli.train import build_config
 from gptlab.config import from_dict
 from gptlab.errors import GptlabError
@@ -104,7 +105,7 @@ def run(argv: list[str]) -> int:
         return 0
     if argv and not argv[0].startswith("-"):
         if len(argv) > 1:
-            raise ValueError("gptlab info RUN_DIR takes no other options")
+            raise UsageError("gptlab info RUN_DIR takes no other options")
         cfg, source = _run_config(Path(argv[0])), argv[0]
     else:
         cfg, _, source = build_config(argv)

@@ -1,7 +1,9 @@
 """`gptlab <verb> ...`: a table of verbs, each a module with `run(argv) -> exit code`.
 
-User mistakes become one line on stderr and a non-zero exit (2 for usage and config errors,
-1 for problems found while running); anything else is a bug and keeps its traceback.
+User mistakes become one line on stderr and a non-zero exit: 2 for a ConfigError (usage and
+config errors, UsageError among them), 1 for any other GptlabError (problems found while
+running). Nothing else is caught: any other exception, a ValueError included, is a bug and
+propagates with its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from gptlab.cli.common import EXIT_ERROR, EXIT_USAGE, UsageError, rank_prefix
-from gptlab.errors import GptlabError
+from gptlab.cli.common import EXIT_ERROR, EXIT_USAGE, rank_prefix
+from gptlab.errors import ConfigError, GptlabError
 
 VERBS = {
     "prepare": ("gptlab.cli.prepare", "tokenize a corpus once into token shards"),
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = rank_prefix()
     try:
         return module.run(rest)
-    except (UsageError, ValueError) as e:
+    except ConfigError as e:  # before GptlabError: a ConfigError is one
         _error_line(f"{prefix}error: {e}")
         return EXIT_USAGE
     except GptlabError as e:

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from gptlab.cli.common import parse
+from gptlab.cli.common import UsageError, parse
 from gptlab.errors import GptlabError
 
 Axis = Literal["step", "tokens", "time"]
@@ -218,11 +218,11 @@ def draw(runs: list[Run], out: Path, axes: tuple[str, ...], log_y: bool, title: 
 def run(argv: list[str]) -> int:
     args = parse(PlotArgs, argv, prog="gptlab plot")
     if not args.run_dirs:
-        raise ValueError("give at least one run directory: gptlab plot RUN_DIR... --out FILE")
+        raise UsageError("give at least one run directory: gptlab plot RUN_DIR... --out FILE")
     if not args.x:
-        raise ValueError("--x needs at least one of step, tokens, time")
+        raise UsageError("--x needs at least one of step, tokens, time")
     if Path(args.out).suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ValueError(f"--out {args.out!r} must end in .png (or .svg, .pdf)")
+        raise UsageError(f"--out {args.out!r} must end in .png (or .svg, .pdf)")
     dirs = [Path(d) for d in args.run_dirs]
     runs = [load_run(d, n) for d, n in zip(dirs, _names(dirs), strict=True)]
     for r in runs:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import tyro
 
-from gptlab.cli.common import locations, parse, setup_logging
+from gptlab.cli.common import UsageError, locations, parse, setup_logging
 from gptlab.data.config import DataConfig
 from gptlab.data.prepare import prepare
 from gptlab.data.shards import load_meta
@@ -49,7 +49,10 @@ class PrepareArgs:
 def run(argv: list[str]) -> int:
     args = parse(PrepareArgs, argv, prog="gptlab prepare")
     fields = {f.name for f in dataclasses.fields(DataConfig)}
-    cfg = DataConfig(**{k: v for k, v in dataclasses.asdict(args).items() if k in fields})
+    try:
+        cfg = DataConfig(**{k: v for k, v in dataclasses.asdict(args).items() if k in fields})
+    except ValueError as e:  # DataConfig's checks, e.g. a --doc-separator that is no regex
+        raise UsageError(str(e)) from None
     setup_logging()
     out = prepare(cfg, locations(), Path(args.out) if args.out else None, progress=True)
     meta = load_meta(out)

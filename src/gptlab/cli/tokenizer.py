@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
-from gptlab.cli.common import EXIT_USAGE, locations, parse
+from gptlab.cli.common import EXIT_USAGE, UsageError, locations, parse
 from gptlab.data.sources import iter_texts
 from gptlab.errors import GptlabError
 from gptlab.tokenizer.base import CONFIG_FILE, SpecialTokenError, Tokenizer
@@ -106,13 +106,17 @@ class StatsArgs:
 
 
 def _resolve(name: str) -> Tokenizer:
+    """The tokenizer --tokenizer names; a name or directory it cannot use is a UsageError."""
     loc = locations()
-    return resolve_tokenizer(
-        name,
-        data_dir=loc.data_dir,
-        tiktoken_cache_dir=loc.tiktoken_cache_dir,
-        allow_download=loc.allow_download,
-    )
+    try:
+        return resolve_tokenizer(
+            name,
+            data_dir=loc.data_dir,
+            tiktoken_cache_dir=loc.tiktoken_cache_dir,
+            allow_download=loc.allow_download,
+        )
+    except ValueError as e:  # unknown name, 'char', a file, unusable tokenizer files
+        raise UsageError(str(e)) from None
 
 
 def _read_text(path: str) -> str:
@@ -145,7 +149,7 @@ def _check_out_dir(out: Path) -> None:
 def _train(argv: list[str]) -> int:
     args = parse(TrainArgs, argv, prog="gptlab tokenizer train")
     if not args.inputs:
-        raise ValueError("give at least one input file or folder to train on")
+        raise UsageError("give at least one input file or folder to train on")
     out = Path(args.out)
     _check_out_dir(out)
     seen = {"docs": 0, "chars": 0}
@@ -157,18 +161,21 @@ def _train(argv: list[str]) -> int:
             yield text
 
     t0 = time.perf_counter()
-    tok = train_bpe_tokenizer(
-        texts(),
-        args.vocab_size,
-        args.pattern,
-        args.special_tokens,
-        backend=args.backend,
-        allow_special_text=args.allow_special_text,
-        bos=args.bos or None,
-        eos=args.eos or None,
-        pad=args.pad or None,
-        name=args.name or out.resolve().name,
-    )
+    try:
+        tok = train_bpe_tokenizer(
+            texts(),
+            args.vocab_size,
+            args.pattern,
+            args.special_tokens,
+            backend=args.backend,
+            allow_special_text=args.allow_special_text,
+            bos=args.bos or None,
+            eos=args.eos or None,
+            pad=args.pad or None,
+            name=args.name or out.resolve().name,
+        )
+    except ValueError as e:  # its checks of the flags and the corpus (vocab too small, ...)
+        raise UsageError(str(e)) from None
     seconds = time.perf_counter() - t0
     files = tok.save(out)
     n_special = len(tok.special_tokens)
@@ -186,7 +193,7 @@ def _train(argv: list[str]) -> int:
 def _encode(argv: list[str]) -> int:
     args = parse(EncodeArgs, argv, prog="gptlab tokenizer encode")
     if args.text is not None and args.file:
-        raise ValueError("give either TEXT or --file, not both")
+        raise UsageError("give either TEXT or --file, not both")
     text = args.text if args.text is not None else _read_text(args.file) if args.file else None
     if text is None:
         text = _read_stdin()
@@ -199,7 +206,7 @@ def _encode(argv: list[str]) -> int:
         else:
             ids = tok.encode(text, allowed_special=args.special == "allow")
     except SpecialTokenError:
-        raise ValueError(
+        raise UsageError(
             f"the text contains the special token {tok.find_special(text)!r}; pass --special "
             "allow to encode it as its id, or --special ordinary to encode it as plain text"
         ) from None
@@ -208,13 +215,13 @@ def _encode(argv: list[str]) -> int:
 
 
 def parse_ids(text: str) -> list[int]:
-    """Integers separated by whitespace or commas; ValueError naming the first bad one."""
+    """Integers separated by whitespace or commas; UsageError naming the first bad one."""
     ids = []
     for word in text.replace(",", " ").split():
         try:
             ids.append(int(word))
         except ValueError:
-            raise ValueError(
+            raise UsageError(
                 f"{word[:40]!r} is not a token id; give integers separated by spaces"
             ) from None
     return ids
@@ -225,10 +232,13 @@ def _decode(argv: list[str]) -> int:
     ids = parse_ids(args.ids if args.ids is not None else _read_stdin())
     tok = _resolve(args.tokenizer)
     if isinstance(tok, BPETokenizer):
-        tok.check_ids(ids)
+        try:
+            tok.check_ids(ids)
+        except ValueError as e:  # an id out of range or unused in this vocabulary
+            raise UsageError(str(e)) from None
     elif any(not 0 <= i < tok.vocab_size for i in ids):
         bad = next(i for i in ids if not 0 <= i < tok.vocab_size)
-        raise ValueError(f"token id {bad} is out of range (ids 0..{tok.vocab_size - 1})")
+        raise UsageError(f"token id {bad} is out of range (ids 0..{tok.vocab_size - 1})")
     sys.stdout.write(tok.decode(ids))
     sys.stdout.flush()
     return 0
@@ -291,5 +301,5 @@ def run(argv: list[str]) -> int:
         return 0 if argv else EXIT_USAGE
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
+        raise UsageError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
     return COMMANDS[command](rest)
