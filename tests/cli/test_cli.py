@@ -9,6 +9,10 @@ import pytest
 from tests.conftest import SHARED, needs_shakespeare
 
 from gptlab.cli.main import main
+from gptlab.config import from_dict
+from gptlab.model.accounting import count_params
+from gptlab.model.config import ModelConfig
+from gptlab.model.gpt import GPT
 
 TINY = ["--preset", "tiny", "--train.max_steps", "20"]
 
@@ -246,16 +250,29 @@ def test_info_for_presets_and_runs(cli_env, capsys, text_file):
 def test_train_prints_a_short_summary_first(cli_env, capsys, text_file):
     assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:6] == [
+    stored = json.loads((cli_env / "r" / "config.json").read_text())
+    vocab = stored["model"]["vocab_size"]
+    n_params = count_params(GPT(from_dict(ModelConfig, stored["model"]))).total
+    start = lines.index("preset tiny")  # after the data is ready: with the data's vocabulary
+    assert lines[start : start + 6] == [
         "preset tiny",
-        "  model   30.6K parameters: 2 layers x 32 wide, 2 heads, context 32, vocab 65",
+        f"  model   {_k(n_params)} parameters: 2 layers x 32 wide, 2 heads, context 32, "
+        f"vocab {vocab}",
         f"  data    {text_file}, tokenizer char",
         "  train   20 steps, adamw lr 0.003",
         "  device  cpu, compute dtype float32",
         f"  out     r (full config: {Path('r') / 'config.json'})",
     ]
     assert not any('{"' in line for line in lines)  # the config itself is not dumped
-    assert json.loads((cli_env / "r" / "config.json").read_text())["train"]["max_steps"] == 20
+    assert stored["train"]["max_steps"] == 20
+    # a refused run (the directory holds a run) prints only its error: no summary
+    assert main(["train", *TINY, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 1
+    out, err = capsys.readouterr()
+    assert "preset tiny" not in out and err.count("\n") == 1 and "already holds a run" in err
+
+
+def _k(n: int) -> str:
+    return f"{n / 1e3:.1f}K"
 
 
 @needs_gpt2_and_shakespeare

@@ -96,8 +96,8 @@ def _count(n: int) -> str:
 
 def summary(cfg: RunConfig, runtime: Runtime, note: str) -> list[str]:
     """The few lines printed before a run: where the config came from, the model's size, the
-    data, the device and dtype, and the run directory. The vocabulary is the config's; the data's
-    tokenizer may change it, and the loop logs that."""
+    data, the device and dtype, and the run directory. `cfg` is the config the run trains, with
+    the vocabulary of the data's tokenizer."""
     m, counts = cfg.model, count_params(build_meta(cfg.model))
     active = f" ({_count(counts.active)} active)" if counts.active != counts.total else ""
     run_dir = Path(cfg.train.out_dir)
@@ -126,9 +126,14 @@ def run(argv: list[str]) -> int:
     except ValueError as e:  # the device or dtype asked for is not available here
         raise ConfigError(str(e)) from None
     try:
-        if main_rank:
-            print("\n".join(summary(cfg, runtime, note)))
-        result = train(cfg, runtime, locations(), resume=resume)
+
+        def announce(
+            final: RunConfig,
+        ) -> None:  # after every check: a refused run prints only its error
+            if main_rank:
+                print("\n".join(summary(final, runtime, note)), flush=True)
+
+        result = train(cfg, runtime, locations(), resume=resume, on_start=announce)
     finally:
         close_runtime(runtime)
     if main_rank:

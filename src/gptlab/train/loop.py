@@ -202,10 +202,14 @@ def train(
     locations: Locations,
     resume: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    on_start: Callable[[RunConfig], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) the training job described by `cfg`; returns a summary.
 
-    `on_step(step, loss)` is called after every optimizer step (tests use it to simulate a crash).
+    `on_start(cfg)` is called once every check has passed and the data is ready, with the config
+    the run will train (the data's vocab_size in it); the CLI prints its summary there, so a
+    refused run prints only its error. `on_step(step, loss)` is called after every optimizer
+    step (tests use it to simulate a crash).
     """
     t_start = time.perf_counter()
     tc, run_dir = cfg.train, Path(cfg.train.out_dir)
@@ -227,6 +231,8 @@ def train(
         checks.check_same_data(stored_cfg, cfg, data.meta)
         checks.check_same_architecture(stored_cfg["model"], cfg.model)
     loader = train_loader(cfg, data, runtime)
+    if on_start is not None:
+        on_start(cfg)
     evaluate = PeriodicEval(
         data.splits, tc, cfg.model.seq_len, cfg.model.doc_mask, data.token_bytes, runtime
     )
@@ -309,7 +315,10 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
     for step in range(p.step, tc.max_steps):
         B, T, accum = tc.shape_at(step, cfg.model.seq_len, W)
         if (job.loader.batch_size, job.loader.seq_len) != (B, T):  # a stage begins
-            job.loader.set_shape(B, T)
+            try:
+                job.loader.set_shape(B, T)
+            except ValueError as e:  # e.g. a window longer than the data
+                raise GptlabError(f"the stage from step {step}: {e}") from None
             log.info("step %d: micro-batch %d x %d tokens, %d per step", step, B, T, accum)
         sched = apply_schedule(job.stepper.optimizer, step, tc.max_steps, cfg.optim)
         with _explain_oom(f"training step {step + 1}", B, T):
