@@ -5,6 +5,10 @@ On CUDA, fp32 matmuls that remain (outside autocast) use TF32 tensor cores unles
 'auto' picks bf16 on CUDA GPUs that support it, fp16 on older ones, and on a CPU measures
 whether bf16 matmuls are actually faster than fp32 (true on CPUs with AVX512-BF16 or AMX, where
 they are 4-7x faster; false elsewhere, where bf16 is emulated and slower).
+
+A torchrun worker also arranges to exit when its launcher dies (`exit_with_launcher`): torchrun
+starts each worker in a session of its own, so killing the launcher alone (kill -9, the OOM
+killer) would otherwise leave the workers training, and writing the run directory, as orphans.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import os
 import random
+import signal
+import sys
+import threading
 import time
 
 import torch
@@ -61,11 +69,13 @@ class Runtime:
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
-    """Where this process sits in a torchrun job (torchrun's RANK, LOCAL_RANK, WORLD_SIZE)."""
+    """Where this process sits in a torchrun job (torchrun's RANK, LOCAL_RANK, WORLD_SIZE), and
+    whether torchrun started it at all (its TORCHELASTIC_RUN_ID is set)."""
 
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    is_torchrun_worker: bool = False  # started by torchrun's agent: it ends when the agent dies
 
 
 def pick_device(requested: str) -> torch.device:
@@ -133,6 +143,60 @@ def keep_freed_host_memory() -> bool:
         return False
 
 
+# prctl(2) option (linux/prctl.h): the signal this process gets when its parent exits
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.lru_cache(maxsize=1)
+def exit_with_launcher(poll_s: float = 1.0) -> str:
+    """Send this process SIGTERM when its parent (the torchrun launcher) dies; returns how.
+
+    SIGTERM is what torchrun itself sends to stop its workers; with no handler installed it ends
+    the process at once. Linux arms the kernel's parent-death signal ("prctl"); other POSIX
+    systems poll os.getppid(), which changes when the parent dies ("watchdog"). On Windows the
+    parent id never changes, so nothing is done there ("none").
+
+    A launcher that dies between the two reads of the parent id below is caught by the second.
+    One that dies earlier, while the worker still imports torch, is missed: the worker has been
+    adopted by then and nothing records who its parent was. It then waits in
+    init_process_group for the launcher's store, which is gone, until that times out, and never
+    reaches the training loop (measured: workers whose launcher was killed 0.3 s after starting
+    them were still waiting 90 s later).
+    """
+    if sys.platform == "win32":
+        return "none"
+    parent = os.getppid()
+    how = "prctl" if _set_parent_death_signal(signal.SIGTERM) else "watchdog"
+    if how == "watchdog":
+        _watch_parent(parent, poll_s)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+    return how
+
+
+def _set_parent_death_signal(sig: signal.Signals) -> bool:
+    """prctl(PR_SET_PDEATHSIG, sig) on Linux; False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll_s: float) -> None:
+    """A daemon thread that sends this process SIGTERM once its parent is no longer `parent`
+    (an orphan is adopted by init or a subreaper, which changes os.getppid())."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="gptlab-parent-watchdog", daemon=True).start()
+
+
 def pick_compute_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested != "auto":
         dtype = DTYPES[requested]
@@ -151,8 +215,10 @@ def make_runtime(
 ) -> Runtime:
     """The Runtime for this process. Under torchrun (`launch.world_size > 1`) it also joins the
     process group (NCCL on GPUs, gloo on CPUs; torchrun's MASTER_ADDR/PORT say where) and takes
-    GPU `local_rank` of its node."""
+    GPU `local_rank` of its node. A torchrun worker also exits when its launcher dies."""
     launch = launch or Launch()
+    if launch.is_torchrun_worker:
+        exit_with_launcher()  # armed first: joining the group waits on the launcher's store
     dev = pick_device(device)
     if dev.type == "cpu":
         keep_freed_host_memory()  # activations live in host memory: reuse it across steps
