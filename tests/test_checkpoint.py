@@ -1,5 +1,8 @@
 import dataclasses
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,14 +33,75 @@ def test_round_trip_is_bit_exact(tmp_path, model_cfg):
     assert checkpoint.load_pt(path, checkpoint.STATE) == {"step": 3}
 
 
-def test_replace_is_atomic_and_recovers(tmp_path, model_cfg):
-    _, path = _save(tmp_path, model_cfg)
-    # simulate a crash between "move old aside" and "rename new in"
-    aside = tmp_path / ".ck.old"
-    path.rename(aside)
-    assert checkpoint.resolve(path).is_dir() and not aside.exists()
-    _save(tmp_path, model_cfg)  # replacing leaves no temporary directories behind
+def _listing(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def _interrupted_save(tmp_path, model_cfg):
+    """A checkpoint whose replacement crashed between "move the old copy aside" and "rename the
+    new one in": only .ck.old (the previous copy) and a .ck.tmp-* directory exist."""
+    old_model, path = _save(tmp_path, model_cfg)
+    path.rename(tmp_path / ".ck.old")
+    (tmp_path / ".ck.tmp-crashed").mkdir()
+    (tmp_path / ".ck.tmp-crashed" / checkpoint.CONFIG).write_text("{")  # half written
+    return old_model, path
+
+
+def test_readers_of_an_interrupted_save_read_the_previous_copy_and_write_nothing(
+    tmp_path, model_cfg
+):
+    old_model, path = _interrupted_save(tmp_path, model_cfg)
+    before = _listing(tmp_path)
+    assert checkpoint.resolve(path) == tmp_path / ".ck.old"
+    assert checkpoint.load_config(path)["model"]["n_embd"] == model_cfg.n_embd
+    assert checkpoint.load_pt(path, checkpoint.STATE) == {"step": 3}
+    loaded = checkpoint.load_model_from_checkpoint(path)
+    for (name, a), b in zip(
+        old_model.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert _listing(tmp_path) == before  # nothing renamed, created or deleted
+
+
+def test_save_repairs_an_interrupted_save(tmp_path, model_cfg):
+    _interrupted_save(tmp_path, model_cfg)
+    model, path = _save(tmp_path, model_cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    loaded = checkpoint.load_model_from_checkpoint(path)
+    assert torch.equal(loaded.wte.weight, model.wte.weight)
+
+
+def test_a_leftover_old_copy_after_the_swap_is_ignored_then_removed(tmp_path, model_cfg):
+    """A crash after the new copy was renamed in, before the old one was deleted."""
+    _, path = _save(tmp_path, model_cfg)
+    shutil.copytree(path, tmp_path / ".ck.old")
+    before = _listing(tmp_path)
+    assert checkpoint.resolve(path) == path
+    assert checkpoint.load_pt(path, checkpoint.STATE) == {"step": 3}
+    assert _listing(tmp_path) == before
+    _save(tmp_path, model_cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_files_and_directory_reach_the_disk_before_the_rename(tmp_path, model_cfg, monkeypatch):
+    """save fsyncs every file and the new directory before renaming it in, then the parent
+    directory (the renames); otherwise a power cut could leave a renamed, empty checkpoint."""
+    _save(tmp_path, model_cfg)
+    events = []
+    fsync, replace = checkpoint._fsync, os.replace
+    monkeypatch.setattr(checkpoint, "_fsync", lambda p: events.append(("fsync", p)) or fsync(p))
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: events.append(("replace", a, b)) or replace(a, b)
+    )
+    _save(tmp_path, model_cfg)
+    renames = [i for i, e in enumerate(events) if e[0] == "replace"]
+    (_, new_dir, _) = events[renames[-1]]  # the last rename moves the new copy in
+    synced_before = {e[1] for e in events[: renames[0]] if e[0] == "fsync"}
+    assert synced_before == {
+        Path(new_dir),
+        *(Path(new_dir) / f for f in os.listdir(tmp_path / "ck")),
+    }
+    assert ("fsync", tmp_path) in events[renames[-1] :]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

@@ -6,10 +6,13 @@
                      state.pt            step, best val loss, RNG states, loader state
     RUN_DIR/best/    the same, for the lowest validation loss so far
 
-A checkpoint is written to a temporary directory and renamed into place. Replacing an existing
-one moves the old directory aside first, renames the new one in, then deletes the old; if a
-crash lands between the two renames, `resolve` finds the old copy and puts it back. `.pt` files
-are read with weights_only=True, so loading never runs arbitrary pickled code.
+A checkpoint is written to a temporary directory, its files and the directory are fsynced, and
+it is renamed into place. Replacing an existing one moves the old directory aside first
+(`.NAME.old`), renames the new one in, fsyncs the parent directory, then deletes the old copy.
+A crash between the two renames leaves only the old copy, aside. Readers (`resolve`, and every
+load function through it) then read that copy and change nothing on disk, so a reader never
+races a writer over a rename; the next `save` repairs the directory. `.pt` files are read with
+weights_only=True, so loading never runs arbitrary pickled code.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from gptlab.config import from_dict
@@ -43,11 +46,33 @@ def _aside(path: Path) -> Path:
 
 
 def resolve(path: Path) -> Path:
-    """`path` if it is a checkpoint, restoring the old copy left by a crash mid-replace."""
+    """The directory to read checkpoint `path` from: `path` itself, or the previous copy that a
+    save interrupted mid-replace left aside. Reading never renames or deletes anything."""
+    path = Path(path)
+    old = _aside(path)
+    if not path.is_dir() and old.is_dir():
+        return old
+    return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents (for a directory: its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair(path: Path) -> None:
+    """Undo what an interrupted save left: put a copy left aside back if `path` is missing,
+    and delete a leftover aside copy and temporary directories."""
     old = _aside(path)
     if not path.exists() and old.is_dir():
         os.replace(old, path)
-    return path
+    shutil.rmtree(old, ignore_errors=True)  # a crash after the swap: the new copy is in place
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save(
@@ -65,6 +90,7 @@ def save(
     by train/distributed.py); otherwise the weights are read from `model`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _repair(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         if weights is None:
@@ -79,11 +105,13 @@ def save(
             torch.save(trainer_state, tmp / STATE)
         for name, src in (extra_files or {}).items():  # e.g. tokenizer.json, to decode samples
             shutil.copyfile(src, tmp / name)
-        resolve(path)
-        shutil.rmtree(_aside(path), ignore_errors=True)  # leftover of a crash after the swap
+        for f in tmp.iterdir():  # on disk before any rename, so a crash never leaves it partial
+            _fsync(f)
+        _fsync(tmp)
         if path.exists():
             os.replace(path, _aside(path))
         os.replace(tmp, path)
+        _fsync(path.parent)  # the renames themselves
         shutil.rmtree(_aside(path), ignore_errors=True)
     finally:
         if tmp.exists():
@@ -91,11 +119,23 @@ def save(
     return path
 
 
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """{alias: first name} for each parameter shared under several names, e.g.
+    {"lm_head.weight": "wte.weight"} for a tied head. Checkpoints store the first name only."""
+    first: dict[int, str] = {}  # id of a parameter -> the first name it appears under
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
 def _save_full_state(model: nn.Module, weights: dict[str, torch.Tensor], file: Path) -> None:
     """Save a gathered state dict as `save_model` would save the whole model: one entry per
     tied group (the first name, e.g. wte.weight for lm_head.weight), contiguous tensors."""
-    first = {name for name, _ in model.named_parameters()}
-    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - first
+    aliases = tied_aliases(model)
     tensors = {k: v.contiguous() for k, v in weights.items() if k not in aliases}
     save_file(tensors, str(file), metadata={"format": "pt"})
 
@@ -111,7 +151,9 @@ def snapshot(run_dir: Path, name: str, step: int, keep: int) -> Path:
         try:
             for f in src.iterdir():
                 os.link(f, tmp / f.name)
+            _fsync(tmp)
             os.replace(tmp, dst)
+            _fsync(run_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     for old in sorted(run_dir.glob("step_*"))[:-keep]:
@@ -146,19 +188,37 @@ def load_config(path: Path) -> dict[str, Any]:
     return migrate(doc, path)["config"]
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load model.safetensors into `model` strictly, with one clear error if it is damaged."""
-    file = Path(path) / WEIGHTS
+def _weights_file(path: Path) -> Path:
+    file = resolve(Path(path)) / WEIGHTS
     if not file.is_file():
         raise GptlabError(f"checkpoint {path} has no {WEIGHTS}")
+    return file
+
+
+def _corrupt(file: Path, e: Exception) -> GptlabError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return GptlabError(
+        f"{file} is corrupt or truncated ({first}); use another checkpoint (e.g. best/) or retrain"
+    )
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The full weights stored in checkpoint `path`, by name, on the CPU (a tied group under
+    its first name only; see `tied_aliases`)."""
+    file = _weights_file(path)
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise _corrupt(file, e) from None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load model.safetensors into `model` strictly, with one clear error if it is damaged."""
+    file = _weights_file(path)
     try:
         missing, unexpected = load_model(model, str(file), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GptlabError(
-            f"{file} is corrupt or truncated ({first}); use another checkpoint (e.g. best/) "
-            "or retrain"
-        ) from None
+        raise _corrupt(file, e) from None
     if missing or unexpected:
         raise GptlabError(
             f"{file} does not match the model in its config.json (missing {sorted(missing)[:3]}, "
@@ -180,7 +240,7 @@ def load_model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -
 
 def load_pt(path: Path, name: str) -> dict[str, Any]:
     """Read optimizer.pt or state.pt with weights_only=True (no arbitrary unpickling)."""
-    file = Path(path) / name
+    file = resolve(Path(path)) / name
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gptlab.model.accounting import count_params, flops_per_token
-from gptlab.model.config import ModelConfig
+from gptlab.model.config import ModelConfig, MoEConfig
 from gptlab.model.gpt import GPT
 
 
@@ -68,6 +68,44 @@ def test_gpt2_init_scales_residual_projections():
     assert abs(model.blocks[0].mlp.fc.weight.std().item() - 0.02) < 2e-3
     assert abs(model.blocks[0].mlp.proj.weight.std().item() - 0.02 / math.sqrt(16)) < 1e-3
     assert torch.all(model.blocks[0].attn.qkv.bias == 0)
+
+
+META_INIT_VARIANTS = {
+    "gpt2": {},
+    "rope_moe_bias_balancing": {
+        "pos_emb": "rope",
+        "norm": "rmsnorm",
+        "mlp": "swiglu",
+        "tie_embeddings": False,
+        "moe": MoEConfig(n_experts=3, top_k=2, n_shared_experts=1, bias_balancing=True),
+    },
+    "alibi_qk_norm_mtp": {"pos_emb": "alibi", "qk_norm": True, "mtp_heads": 1},
+}
+
+
+@pytest.mark.parametrize("variant", META_INIT_VARIANTS)
+def test_meta_build_then_init_weights_equals_gpt(model_cfg, variant):
+    """Built on the meta device, materialised with to_empty (garbage memory) and initialised by
+    init_weights, a model holds exactly what GPT(cfg) holds for the same seed: every parameter
+    and every buffer (rotary tables, ALiBi slopes, MoE balancing biases), with the head tied."""
+    cfg = dataclasses.replace(model_cfg, **META_INIT_VARIANTS[variant])
+    torch.manual_seed(3)
+    ref = GPT(cfg)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert all(p.is_meta for p in model.parameters())
+    model.to_empty(device="cpu")
+    for t in [*model.parameters(), *model.buffers()]:
+        t.data.fill_(float("nan"))  # what to_empty leaves is arbitrary
+    torch.manual_seed(3)
+    model.init_weights()
+    assert (model.lm_head.weight is model.wte.weight) == cfg.tie_embeddings
+    for (name, a), (ref_name, b) in zip(
+        [*model.named_parameters(), *model.named_buffers()],
+        [*ref.named_parameters(), *ref.named_buffers()],
+        strict=True,
+    ):
+        assert name == ref_name and torch.equal(a, b), name
 
 
 def test_no_bias_option(model_cfg):

@@ -1,5 +1,7 @@
-"""torchrun on CPU (gloo): DDP and FSDP2 train like one process with accumulation, and any
-checkpoint resumes on any number of processes. Each torchrun job starts 2 Python processes."""
+"""torchrun on CPU (gloo): DDP and FSDP2 train like one process with accumulation, any
+checkpoint resumes on any number of processes, and an FSDP model built on the meta device holds
+what GPT(cfg) holds. Each torchrun job starts 2 Python processes; run as a script under torchrun,
+this file is the worker of the meta-device test."""
 
 from __future__ import annotations
 
@@ -14,9 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab import checkpoint
 from gptlab.config import to_dict
 from gptlab.errors import GptlabError
-from gptlab.runtime import Runtime, make_runtime
+from gptlab.model.config import ModelConfig, MoEConfig
+from gptlab.model.gpt import GPT
+from gptlab.runtime import Launch, Runtime, close_runtime, make_runtime, seed_everything
+from gptlab.train import distributed
+from gptlab.train.config import RunConfig
 from gptlab.train.loop import train
 from gptlab.train.resume import restore_loader
 
@@ -170,3 +177,92 @@ def test_packed_position_does_not_move_to_another_world_size(base, locations):
         restore_loader(loader, state, "packed", one)
     with pytest.raises(GptlabError, match="cannot change data.loader"):
         restore_loader(loader, state, "random", one)
+
+
+# --- FSDP from the meta device
+
+INIT_SEED, CHECKPOINT_SEED = 7, 8
+INIT_CONFIGS = {
+    "gpt2": ModelConfig(n_layer=2, n_head=2, n_embd=32, seq_len=16, vocab_size=40),
+    "rope_moe": ModelConfig(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        seq_len=16,
+        vocab_size=40,
+        pos_emb="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        tie_embeddings=False,
+        moe=MoEConfig(n_experts=3, top_k=2, bias_balancing=True),  # 3 experts: uneven shards
+    ),
+}
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randint(40, (2, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
+
+
+def _fsdp_init_worker(out_dir: Path) -> None:
+    """One torchrun process: build each config under FSDP from the meta device and record what
+    the test compares (rank 0 writes it): the gathered state, the buffers, every rank's shard
+    sizes and an eval loss; then the gathered state after loading a checkpoint."""
+    env = os.environ
+    ranks = {k: int(env[k.upper()]) for k in ("rank", "local_rank", "world_size")}
+    runtime = make_runtime("cpu", "float32", Launch(**ranks))
+    for name, cfg in INIT_CONFIGS.items():
+        model, wrapped = distributed.build_model(cfg, "fsdp", runtime, INIT_SEED)
+        record = {
+            "init": distributed.full_model_state(model),
+            "buffers": {n: b.clone() for n, b in model.named_buffers()},
+            "local_numel": distributed.gather_objects(
+                sum(p.to_local().numel() for p in model.parameters()), runtime
+            ),
+        }
+        with torch.no_grad():
+            record["loss"] = wrapped.eval()(_tokens(), _tokens())[0].item()
+        distributed.load_weights(model, out_dir / f"ckpt_{name}")
+        record["loaded"] = distributed.full_model_state(model)
+        if runtime.is_main_rank:
+            torch.save(record, out_dir / f"{name}.pt")
+    close_runtime(runtime)
+
+
+@pytest.mark.slow
+def test_fsdp_model_built_on_meta_equals_gpt_and_loads_checkpoints(tmp_path):
+    """2 FSDP ranks build the model on the meta device and initialise only their shards; the
+    gathered weights and the buffers (rotary tables, MoE balancing biases) equal GPT(cfg)'s for
+    the same seed, exactly, and so does the loss. Loading a checkpoint fills the shards too."""
+    saved = {}
+    for name, cfg in INIT_CONFIGS.items():
+        seed_everything(CHECKPOINT_SEED)
+        saved[name] = GPT(cfg)
+        checkpoint.save(tmp_path / f"ckpt_{name}", saved[name], to_dict(RunConfig(model=cfg)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           __file__, str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    for name, cfg in INIT_CONFIGS.items():
+        record = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        seed_everything(INIT_SEED)
+        ref = GPT(cfg)
+        for key, loaded in (("init", ref), ("loaded", saved[name])):
+            expected = loaded.state_dict()
+            assert set(record[key]) == set(expected), (name, key)
+            for k, v in record[key].items():
+                assert torch.equal(v, expected[k]), (name, key, k)
+        buffers = dict(ref.named_buffers())
+        assert set(record["buffers"]) == set(buffers)
+        for k, v in record["buffers"].items():
+            assert torch.equal(v, buffers[k]), (name, k)
+        total = sum(p.numel() for p in ref.parameters())
+        assert sum(record["local_numel"]) == total  # each rank holds its shards only
+        assert all(0 < n < total for n in record["local_numel"])
+        with torch.no_grad():
+            assert record["loss"] == pytest.approx(ref.eval()(_tokens(), _tokens())[0].item())
+
+
+if __name__ == "__main__":  # a torchrun worker of the meta-device test
+    _fsdp_init_worker(Path(sys.argv[1]))

@@ -9,19 +9,21 @@ import torch
 
 from gptlab.errors import GptlabError
 from gptlab.model.accounting import count_params
-from gptlab.model.attention import cpu_bf16_attention_layers
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.config import OptimConfig
-from gptlab.runtime import make_runtime
-from gptlab.train.config import TrainConfig
+from gptlab.runtime import Runtime, make_runtime
+from gptlab.train.config import RunConfig, TrainConfig
 from gptlab.train.health import HealthMonitor
 from gptlab.train.loop import train
 from gptlab.train.memory import (
+    available_memory,
     enable_activation_checkpointing,
     estimate_memory,
+    memory_plan,
     saved_activation_bytes,
+    score_keeping_layers,
 )
 
 
@@ -113,10 +115,31 @@ def test_memory_estimate_within_30_percent_of_measured(kw, dtype):
     )
     measured = weights + grads + opt + activations
     bf16 = dtype == "bfloat16"
-    layers = cpu_bf16_attention_layers(cfg, cfg.seq_len, cfg.dropout) if bf16 else 0
+    layers = score_keeping_layers(model, rt, cfg.seq_len)
     est = estimate_memory(cfg, count_params(model).total, B, autocast=bf16, score_layers=layers)
     assert est.total == pytest.approx(measured, rel=0.3)
     assert est.activations == pytest.approx(activations, rel=0.3)
+
+
+@pytest.mark.parametrize(
+    ("extra", "bf16_layers"), [({}, 2), ({"window": 4, "window_pattern": "SL"}, 1)]
+)
+def test_memory_plan_asks_the_model_which_layers_keep_attention_scores(extra, bf16_layers):
+    """Only layers running the CPU bf16 kernel keep their scores, as the model reports them; the
+    plan built from the config alone (a meta model) says the same as the trained model."""
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, seq_len=32, vocab_size=40, **extra)
+    model = GPT(cfg)
+    run = RunConfig(model=cfg, train=TrainConfig(batch_size=4))
+    cpu = torch.device("cpu")
+    fp32, bf16 = Runtime(cpu, torch.float32), Runtime(cpu, torch.bfloat16)
+    assert score_keeping_layers(model, fp32, 32) == 0
+    assert score_keeping_layers(model, bf16, 32) == bf16_layers
+    n = count_params(model).total
+    for rt, layers in ((fp32, 0), (bf16, bf16_layers)):
+        expected = estimate_memory(cfg, n, 4, autocast=rt is bf16, score_layers=layers)
+        expected_line = expected.describe(available_memory(cpu))
+        assert memory_plan(run, rt, n, model=model) == expected_line
+        assert memory_plan(run, rt, n) == expected_line  # a meta model built from cfg.model
 
 
 def test_activation_checkpointing_saves_memory_and_keeps_results():

@@ -20,11 +20,10 @@ FlexAttention alike. Backends:
         Compiled on CUDA; on a CPU torch runs an unfused eager path (correct, slow) that has no
         backward, so on a CPU flex is for inference and tests only.
 
-On a CPU, SDPA's fused kernel is slow in bf16 (its backward especially), so under CPU bf16
-autocast plain causal attention runs `_CpuCausalAttention`: bf16 batched matmuls and ATen's
-fused softmax, about twice as fast as SDPA in fp32 (forward + backward of one shakespeare_char
-layer at B=16: about 26 ms against 42 ms on a 2-core AMX Xeon). Masked variants (windows,
-documents, ALiBi) and attention dropout keep SDPA, with its core in fp32.
+On a CPU in bf16, SDPA is slow, so `kernel` sends the sdpa backend's plain causal layers to
+`cpu_bf16` (model/cpu_bf16_attention.py: bf16 matmuls that keep the scores) and its other
+layers to `sdpa_fp32` (SDPA on fp32 copies). `kernel` is also what the training memory plan
+asks, so the forward pass and the plan cannot disagree about which layers keep their scores.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptlab.model import cpu_bf16_attention
 from gptlab.model.config import ModelConfig
 from gptlab.model.layers import alibi_slopes, apply_rope
 
@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from gptlab.model.kv_cache import CacheStep
 
 log = logging.getLogger(__name__)
+
+# TODO: drop this alias once benchmarks/cpu_step_breakdown.py (not ours to edit in this change)
+# imports CpuCausalAttention from gptlab.model.cpu_bf16_attention
+_CpuCausalAttention = cpu_bf16_attention.CpuCausalAttention
 
 
 @functools.cache
@@ -125,72 +129,6 @@ def math_attention(
     return (probs @ v.float()).to(q.dtype)  # (B, H, T, D)
 
 
-class _CpuCausalAttention(torch.autograd.Function):
-    """Causal attention for bf16 on a CPU, as batched matmuls with the scores in memory.
-
-        forward:  s = q k^T / sqrt(D) + causal bias,  p = softmax(s),  y = p v
-        backward: dv = p^T dy,  dp = dy v^T,  ds = p * (dp - rowsum(dp * p)),
-                  dq = ds k / sqrt(D),  dk = ds^T q / sqrt(D)
-
-    Every product is a bf16 batched matmul (AMX / AVX512-BF16 kernels) with 1/sqrt(D) folded
-    in as the matmul's alpha, and the softmax and its backward are ATen's fused kernels. A
-    layer's attention, forward and backward, runs about twice as fast as SDPA's fused CPU kernel
-    in fp32 (SDPA's bf16 backward is slower still). The (B*H, T, T) probabilities are kept for
-    the backward, T*T*2 bytes per head and sequence, so this path is for the short contexts of
-    CPU training (CPU_BF16_ATTENTION_MAX_T).
-    """
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        B, H, T, D = q.shape
-        scale = D**-0.5
-        bias = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-        q3, k3, v3 = (t.reshape(B * H, T, D) for t in (q, k, v))  # (BH, T, D)
-        s = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)  # (BH, T, T)
-        p = s.softmax(dim=-1)
-        ctx.save_for_backward(q3, k3, v3, p)
-        ctx.scale = scale
-        return torch.bmm(p, v3).view(B, H, T, D)
-
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        q3, k3, v3, p = ctx.saved_tensors
-        shape, scale = dy.shape, ctx.scale
-        dy3 = dy.reshape(q3.shape)  # (BH, T, D)
-        dv = torch.bmm(p.transpose(1, 2), dy3)
-        dp = torch.bmm(dy3, v3.transpose(1, 2))  # (BH, T, T)
-        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # softmax's own fused backward
-        unused = q3.new_zeros(()).expand(q3.shape)  # baddbmm's input, ignored with beta=0
-        dq = torch.baddbmm(unused, ds, k3, beta=0, alpha=scale)
-        dk = torch.baddbmm(unused, ds.transpose(1, 2), q3, beta=0, alpha=scale)
-        return dq.view(shape), dk.view(shape), dv.view(shape)
-
-
-CPU_BF16_ATTENTION_MAX_T = 1024  # longer contexts keep SDPA (the T x T scores grow as T^2)
-
-
-def _cpu_bf16_kernel_applies(plain_causal: bool, dropout_p: float, T: int) -> bool:
-    """Whether a CPU bf16 SDPA call runs `_CpuCausalAttention` (the one rule for both the
-    forward and the memory plan)."""
-    return plain_causal and dropout_p == 0 and T <= CPU_BF16_ATTENTION_MAX_T
-
-
-def cpu_bf16_attention_layers(cfg: ModelConfig, T: int, dropout_p: float) -> int:
-    """How many layers run `_CpuCausalAttention` in a CPU bf16 forward of T tokens: the sdpa
-    backend's plain causal layers (no window, documents, ALiBi or softcap), without attention
-    dropout, for T up to CPU_BF16_ATTENTION_MAX_T. The memory plan counts their saved scores."""
-    if cfg.attn_backend != "sdpa" or cfg.attn_softcap is not None:
-        return 0
-    return sum(
-        _cpu_bf16_kernel_applies(
-            cfg.layer_window(i) is None and not cfg.doc_mask and cfg.pos_emb != "alibi",
-            dropout_p,
-            T,
-        )
-        for i in range(cfg.n_layer)
-    )
-
-
 def _flex():
     """flex_attention and create_block_mask (torch >= 2.5; ModelConfig checks the version)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -224,6 +162,11 @@ class CausalSelfAttention(nn.Module):
             )
         if cfg.pos_emb == "alibi":
             self.register_buffer("alibi", alibi_slopes(cfg.n_head), persistent=False)  # (H,)
+        if cfg.attn_backend == "sdpa" and cfg.attn_softcap is not None:
+            _warn_once(
+                "SDPA cannot softcap attention scores, so model.attn_softcap runs the "
+                "slow math path; use --model.attn_backend flex for a fused kernel"
+            )
 
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         B, T, _ = x.shape
@@ -240,16 +183,32 @@ class CausalSelfAttention(nn.Module):
             k, v = ctx.cache.write(self.layer, k, v)  # (B, Hkv, S, D): cached keys + new ones
             y = self._cached(q, k, v, ctx.cache)  # (B, H, T, D)
         else:
-            backend = getattr(self, f"_{self.cfg.attn_backend}")
-            y = backend(q, k, v, ctx.doc_ids)  # (B, H, T, D)
+            kernel = self.kernel(q.device, q.dtype, T, ctx.doc_ids is not None, self._dropout_p())
+            y = getattr(self, f"_{kernel}")(q, k, v, ctx.doc_ids)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D) -> (B, T, C)
         return self.proj(y)
+
+    def kernel(
+        self, device: torch.device, dtype: torch.dtype, T: int, with_docs: bool, dropout_p: float
+    ) -> str:
+        """The kernel a forward of T tokens runs without a KV cache: the configured backend,
+        `math` for softcaps under sdpa, and on a CPU in bf16 `cpu_bf16` or `sdpa_fp32`."""
+        if self.cfg.attn_backend != "sdpa":
+            return self.cfg.attn_backend
+        if self.cfg.attn_softcap is not None:
+            return "math"  # SDPA cannot softcap (warned at construction)
+        plain_causal = self._plain_causal(with_docs)
+        if cpu_bf16_attention.applies(device, dtype, plain_causal, dropout_p, T):
+            return "cpu_bf16"
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            return "sdpa_fp32"  # SDPA's bf16 CPU kernels are slower than its fp32 ones
+        return "sdpa"
 
     def _dropout_p(self) -> float:
         return self.cfg.dropout if self.training else 0.0
 
-    def _plain_causal(self, doc_ids: torch.Tensor | None) -> bool:
-        return self.window is None and doc_ids is None and self.cfg.pos_emb != "alibi"
+    def _plain_causal(self, with_docs: bool) -> bool:
+        return self.window is None and not with_docs and self.cfg.pos_emb != "alibi"
 
     def _math(self, q, k, v, doc_ids) -> torch.Tensor:
         T = q.size(2)
@@ -258,14 +217,8 @@ class CausalSelfAttention(nn.Module):
         return math_attention(q, k, v, mask, bias, self.cfg.attn_softcap, self._dropout_p())
 
     def _sdpa(self, q, k, v, doc_ids) -> torch.Tensor:
-        if self.cfg.attn_softcap is not None:
-            _warn_once(
-                "SDPA cannot softcap attention scores, so model.attn_softcap runs the "
-                "slow math path; use --model.attn_backend flex for a fused kernel"
-            )
-            return self._math(q, k, v, doc_ids)
         T = q.size(2)
-        mask, is_causal = None, self._plain_causal(doc_ids)
+        mask, is_causal = None, self._plain_causal(doc_ids is not None)
         if not is_causal:
             _warn_once(
                 "sliding windows, document masks and ALiBi give SDPA a dense T x T mask "
@@ -276,23 +229,17 @@ class CausalSelfAttention(nn.Module):
                 bias = alibi_bias(self.alibi, T)  # (1, H, T, T)
                 mask = bias.masked_fill(~mask, float("-inf"))
         gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
-        cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
-        if cpu_bf16 and _cpu_bf16_kernel_applies(is_causal, self._dropout_p(), T):
-            if gqa:  # each key/value head serves n_head / n_kv_head query heads
-                k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-                v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            return _CpuCausalAttention.apply(q, k, v)  # (B, H, T, D)
-        if cpu_bf16:
-            # autocast would cast fp32 inputs back to bf16, so switch it off for this call
-            with torch.autocast(device_type="cpu", enabled=False):
-                y = F.scaled_dot_product_attention(
-                    q.float(), k.float(), v.float(), attn_mask=mask,
-                    dropout_p=self._dropout_p(), is_causal=is_causal, **gqa,
-                )  # fmt: skip
-            return y.to(q.dtype)  # (B, H, T, D)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self._dropout_p(), is_causal=is_causal, **gqa
         )
+
+    def _sdpa_fp32(self, q, k, v, doc_ids) -> torch.Tensor:
+        # autocast would cast the fp32 copies back to bf16, so switch it off for this call
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return self._sdpa(q.float(), k.float(), v.float(), doc_ids).to(q.dtype)
+
+    def _cpu_bf16(self, q, k, v, doc_ids) -> torch.Tensor:
+        return cpu_bf16_attention.causal_attention(q, k, v)  # plain causal: doc_ids is None
 
     def _cached(self, q, k, v, step: CacheStep) -> torch.Tensor:
         """Attention of T new queries over S cached slots (inference; any backend setting).

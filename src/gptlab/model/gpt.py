@@ -28,7 +28,14 @@ from torch import nn
 from gptlab.model.attention import AttnContext, CausalSelfAttention
 from gptlab.model.config import ModelConfig
 from gptlab.model.kv_cache import CacheStep
-from gptlab.model.layers import Rotary, make_dropout, make_mlp, make_norm
+from gptlab.model.layers import (
+    Rotary,
+    alibi_slopes,
+    make_dropout,
+    make_mlp,
+    make_norm,
+    rotary_tables,
+)
 from gptlab.model.moe import MoE
 
 Stats = dict[str, torch.Tensor]
@@ -72,43 +79,82 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         C, V = cfg.n_embd, cfg.padded_vocab
-        self.wte = nn.Embedding(V, C)
-        if cfg.pos_emb == "learned":
-            self.wpe = nn.Embedding(cfg.seq_len, C)
-        if cfg.pos_emb == "rope":
-            self.rotary = Rotary(cfg)
-        self.drop = make_dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(cfg, i, moe=cfg.is_moe_layer(i)) for i in range(cfg.n_layer)
-        )
-        self.ln_f = make_norm(cfg)
-        self.lm_head = nn.Linear(C, V, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.wte.weight  # one (V, C) matrix both ways
-        self.mtp = nn.ModuleList(MTPHead(cfg) for _ in range(cfg.mtp_heads))
+        device = torch.get_default_device()  # cpu; meta when the caller shards before init
+        with torch.device("meta"):  # no throw-away default inits: init_weights sets every value
+            self.wte = nn.Embedding(V, C)
+            if cfg.pos_emb == "learned":
+                self.wpe = nn.Embedding(cfg.seq_len, C)
+            if cfg.pos_emb == "rope":
+                self.rotary = Rotary(cfg)
+            self.drop = make_dropout(cfg.dropout)
+            self.blocks = nn.ModuleList(
+                Block(cfg, i, moe=cfg.is_moe_layer(i)) for i in range(cfg.n_layer)
+            )
+            self.ln_f = make_norm(cfg)
+            self.lm_head = nn.Linear(C, V, bias=False)
+            if cfg.tie_embeddings:
+                self.lm_head.weight = self.wte.weight  # one (V, C) matrix both ways
+            self.mtp = nn.ModuleList(MTPHead(cfg) for _ in range(cfg.mtp_heads))
+        self.to_empty(device=device)
         self.init_weights()
+
+    def to_empty(self, *, device: torch.device | str | None, recurse: bool = True) -> GPT:
+        """nn.Module.to_empty, keeping the head tied: to_empty gives every module a new
+        parameter tensor, which would untie lm_head from wte."""
+        super().to_empty(device=device, recurse=recurse)
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        return self
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """GPT-2 init: N(0, 0.02); residual outputs N(0, 0.02 / sqrt(2 L)) or zero; norms 1."""
-        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
-        norm_params = {
-            id(m.weight)
-            for m in self.modules()
-            if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and m.weight is not None
-        }
+        """Set every parameter (`init_parameter`, drawn in `named_parameters` order from
+        `generator` or torch's global one) and every buffer (`init_buffers`)."""
         for name, p in self.named_parameters():
-            if name.endswith(".bias") or name.rsplit(".", 1)[-1] in ("b_in", "b_out"):
-                nn.init.zeros_(p)
-            elif id(p) in norm_params:
-                nn.init.ones_(p)
-            elif name.endswith(RESIDUAL_OUTPUTS):
-                if self.cfg.zero_init_proj:
-                    nn.init.zeros_(p)
-                else:
-                    nn.init.normal_(p, mean=0.0, std=resid_std, generator=generator)
-            else:  # embeddings, qkv, MLP inputs, routers, an untied lm_head
-                nn.init.normal_(p, mean=0.0, std=0.02, generator=generator)
+            self.init_parameter(name, p, generator)
+        self.init_buffers()
+
+    @torch.no_grad()
+    def init_parameter(
+        self, name: str, tensor: torch.Tensor, generator: torch.Generator | None = None
+    ) -> None:
+        """Fill `tensor`, of parameter `name`'s shape, with its GPT-2 init: N(0, 0.02); residual
+        outputs N(0, 0.02 / sqrt(2 L)) or zero (zero_init_proj); biases 0; norm weights 1."""
+        owner = self.get_submodule(name.rpartition(".")[0])
+        if name.endswith(".bias") or name.rsplit(".", 1)[-1] in ("b_in", "b_out"):
+            nn.init.zeros_(tensor)
+        elif isinstance(owner, (nn.LayerNorm, nn.RMSNorm)):
+            nn.init.ones_(tensor)
+        elif name.endswith(RESIDUAL_OUTPUTS):
+            if self.cfg.zero_init_proj:
+                nn.init.zeros_(tensor)
+            else:
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+                nn.init.normal_(tensor, mean=0.0, std=std, generator=generator)
+        else:  # embeddings, qkv, MLP inputs, routers, an untied lm_head
+            nn.init.normal_(tensor, mean=0.0, std=0.02, generator=generator)
+
+    @torch.no_grad()
+    def init_buffers(self) -> None:
+        """Set every buffer: the rotary tables and ALiBi slopes (derived from the config) and
+        the MoE balancing biases (zero). Needed after `to_empty`, which leaves them garbage."""
+        derived: dict[str, torch.Tensor] = {}
+        if self.cfg.pos_emb == "rope":
+            derived["cos"], derived["sin"] = rotary_tables(self.cfg)  # (T, D/2) each
+        if self.cfg.pos_emb == "alibi":
+            derived["alibi"] = alibi_slopes(self.cfg.n_head)  # (H,)
+        for name, buf in self.named_buffers():
+            kind = name.rsplit(".", 1)[-1]
+            if kind == "expert_bias":  # loss-free balancing starts with no bias
+                buf.zero_()
+            else:
+                buf.copy_(derived[kind])  # a KeyError here: a new buffer needs its init above
+
+    def attention_kernels(self, device: torch.device, dtype: torch.dtype, T: int) -> list[str]:
+        """The attention kernel each block runs in a training forward of T tokens computing in
+        `dtype` on `device` (`CausalSelfAttention.kernel`), e.g. for the memory plan."""
+        cfg = self.cfg
+        return [b.attn.kernel(device, dtype, T, cfg.doc_mask, cfg.dropout) for b in self.blocks]
 
     def _positions(self, T: int, doc_starts: torch.Tensor | None, device) -> torch.Tensor:
         """Position of each token: 0..T-1, or (B, T) restarting at every document start."""

@@ -108,16 +108,22 @@ def rope_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     return inv_freq.float(), 1.0
 
 
+def rotary_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position's angles, scaled for cfg.rope_scaling: 2 x (seq_len, D/2)."""
+    inv_freq, mscale = rope_frequencies(cfg)
+    angles = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
+    return angles.cos() * mscale, angles.sin() * mscale
+
+
 class Rotary(nn.Module):
     """Cos/sin tables for positions 0..seq_len-1; `forward(positions)` looks them up."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        inv_freq, mscale = rope_frequencies(cfg)
-        angles = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
+        cos, sin = rotary_tables(cfg)  # (T, D/2) each
         # non-persistent: derived from the config, so not saved in checkpoints
-        self.register_buffer("cos", angles.cos() * mscale, persistent=False)
-        self.register_buffer("sin", angles.sin() * mscale, persistent=False)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (T,) or (B, T) -> cos, sin of shape (1, 1, T, D/2) or (B, 1, T, D/2)."""

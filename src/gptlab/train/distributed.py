@@ -16,6 +16,11 @@ before the optimizer step, so W ranks x A micro-batches train like 1 rank x (W A
   mixed-precision policy runs the gathered weights in the compute dtype and reduces gradients
   in fp32; the sharded master weights stay fp32.
 
+`build_model` builds the model for either strategy. Under FSDP the full model never exists on
+any device: it is built on the meta device (shapes only), sharded, and then each rank allocates
+and initialises only its own shards, drawing every full parameter on the CPU, one at a time, so
+the shards hold exactly what `GPT(cfg)` holds after the same seed (`init_shards`).
+
 Checkpoints are gathered to rank 0 and written in the single-process format (full weights in
 safetensors, optimizer state keyed by parameter name), so any checkpoint resumes under any
 world size and either strategy, and exports or samples with no distributed code at all. The
@@ -26,7 +31,8 @@ sizes gptlab targets; past that, torch.distributed.checkpoint writes sharded fil
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,30 +42,112 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from gptlab.runtime import Runtime
+from gptlab import checkpoint
+from gptlab.errors import GptlabError
+from gptlab.model.config import ModelConfig
+from gptlab.model.gpt import GPT
+from gptlab.runtime import Runtime, seed_everything
 
 FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
+def build_model(
+    model_cfg: ModelConfig,
+    strategy: str,
+    runtime: Runtime,
+    seed: int,
+    before_wrap: Callable[[GPT], None] | None = None,
+) -> tuple[GPT, nn.Module]:
+    """(model, wrapped): the model initialised from `seed` on `runtime.device`, and the module
+    to run training forward passes through (`wrap_model`). `before_wrap(model)` runs between
+    construction and wrapping, e.g. for activation checkpointing and per-block compile.
+
+    Under FSDP the model is built on the meta device, `before_wrap` and sharding see it there,
+    and only then are this rank's shards allocated and initialised (`init_shards`): the
+    parameters equal those of the other strategies, without the full model ever existing."""
+    seed_everything(seed)  # the same initial weights on every rank
+    if not (runtime.distributed and strategy == "fsdp"):
+        model = GPT(model_cfg).to(runtime.device)
+        if before_wrap is not None:
+            before_wrap(model)
+        return model, wrap_model(model, strategy, runtime)
+    with torch.device("meta"):
+        model = GPT(model_cfg)  # shapes only: no memory, no random numbers drawn
+    if before_wrap is not None:
+        before_wrap(model)
+    shard_model(model, runtime)
+    model.to_empty(device=runtime.device)  # this rank's shards and the buffers, uninitialised
+    init_shards(model)
+    return model, model
+
+
 def wrap_model(model: nn.Module, strategy: str, runtime: Runtime) -> nn.Module:
     """The module to run training forward passes through: `model` itself for one process, a
-    DDP wrapper, or `model` sharded in place by FSDP2 (each block, then the root)."""
+    DDP wrapper, or `model` sharded in place by FSDP2 (`shard_model`)."""
     if not runtime.distributed:
         return model
     if strategy == "ddp":
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
+    shard_model(model, runtime)
+    return model
+
+
+def shard_model(model: nn.Module, runtime: Runtime) -> None:
+    """Shard `model` in place with FSDP2 over all ranks: each block (and multi-token-prediction
+    block) as one unit, then the root (embeddings, final norm, head)."""
+    mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
     policy = MixedPrecisionPolicy(param_dtype=runtime.compute_dtype, reduce_dtype=torch.float32)
     for block in [*model.blocks, *model.mtp]:  # one all-gather per block, freed after use
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)  # embeddings, final norm and head
-    return model
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+@torch.no_grad()
+def init_shards(model: GPT) -> None:
+    """Initialise a sharded model (after `to_empty`) to exactly what `GPT(cfg)` would hold.
+
+    GPT(cfg) draws each parameter on the CPU from torch's global generator, in
+    `named_parameters` order. So does this, one full parameter at a time (the extra memory is one
+    parameter), and each rank keeps its shard of it (`distribute_tensor` sends rank 0's; every
+    rank drew the same numbers, so all generators stay in step). Buffers are recomputed."""
+    for name, param in model.named_parameters():
+        full = torch.empty(param.shape, dtype=param.dtype, device="cpu")  # where GPT(cfg) draws
+        model.init_parameter(name, full)
+        if isinstance(param, DTensor):
+            full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
+        param.copy_(full)
+    model.init_buffers()
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint's full weights into `model`, plain or sharded by FSDP (each rank reads
+    the whole file and keeps its shards). Call it on every rank."""
+    if not isinstance(model, FSDPModule):
+        checkpoint.load_weights(model, path)
+        return
+    for module in model.modules():  # after a forward the root keeps its gathered weights
+        if isinstance(module, FSDPModule):
+            module.reshard()
+    state = checkpoint.read_weights(path)
+    for alias, name in checkpoint.tied_aliases(model).items():
+        if name in state:
+            state[alias] = state[name]
+    try:
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise GptlabError(
+            f"{Path(path) / checkpoint.WEIGHTS} does not match the model in its config.json "
+            f"({e}); the checkpoint is damaged"
+        ) from None
 
 
 @contextlib.contextmanager

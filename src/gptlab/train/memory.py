@@ -8,8 +8,9 @@ Training memory is four parts:
 
 The first three are exact. Activations are counted per token and layer from the tensors each
 block saves: the norm and every matmul input, q, k, v and the attention output, the MLP's
-hidden activations, plus the fp32 log-softmax at the end (and, for CPU bf16 training, the
-attention probabilities the bf16 attention kernel keeps). Under bf16/fp16 autocast
+hidden activations, plus the fp32 log-softmax at the end, and the attention probabilities of
+the layers whose attention kernel keeps them (the CPU bf16 kernel, model/cpu_bf16_attention.py:
+the plan asks the model which layers run it). Under bf16/fp16 autocast
 most of these are half-size copies but norms stay fp32; `AUTOCAST_BYTES` = 2.8 bytes per
 element on average was measured with `saved_activation_bytes` on several shapes. With
 activation checkpointing a block keeps only its input, and one block's activations are
@@ -27,13 +28,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gptlab.model.attention import cpu_bf16_attention_layers
 from gptlab.model.config import ModelConfig
+from gptlab.model.gpt import GPT
 from gptlab.runtime import Runtime
 from gptlab.train.config import RunConfig
 
 FP32_BYTES = 4.0
 AUTOCAST_BYTES = 2.8  # measured average bytes per saved element under bf16 autocast
+SCORE_KEEPING_KERNELS = ("cpu_bf16",)  # attention kernels that save their (T, T) probabilities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +92,7 @@ def estimate_memory(
     """Bytes one training step needs on one device (see the module doc); FSDP over `shards`
     ranks keeps 1/shards of the weights, gradients and optimizer state on each.
     `score_layers` layers also keep their bf16 attention probabilities, n_head x seq_len per
-    token (the CPU bf16 attention kernel; `cpu_bf16_attention_layers`)."""
+    token (see `score_keeping_layers`)."""
     tokens = micro_batch * cfg.seq_len
     blocks, head = activation_elements_per_token(cfg)
     scores = score_layers * cfg.n_head * cfg.seq_len * 2.0  # bytes per token
@@ -156,9 +158,20 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         block.forward = forward
 
 
-def memory_plan(cfg: RunConfig, runtime: Runtime, n_params: int) -> str:
+def score_keeping_layers(model: GPT, runtime: Runtime, T: int) -> int:
+    """How many layers of `model` keep their attention probabilities in a training forward of T
+    tokens on this runtime: the model says which kernel each layer runs."""
+    kernels = model.attention_kernels(runtime.device, runtime.compute_dtype, T)
+    return sum(kernel in SCORE_KEEPING_KERNELS for kernel in kernels)
+
+
+def memory_plan(cfg: RunConfig, runtime: Runtime, n_params: int, model: GPT | None = None) -> str:
     """The per-device memory estimate for the largest micro-batch of any stage, against what
-    the device has."""
+    the device has. `model` is the one being trained (by default one built from cfg.model on the
+    meta device, which costs no memory): it says which attention kernels it runs."""
+    if model is None:
+        with torch.device("meta"):
+            model = GPT(cfg.model)
     tc = cfg.train
     shapes = [
         tc.shape_at(s, cfg.model.seq_len, runtime.world_size) for s in [0, *tc.stage_starts()]
@@ -174,8 +187,6 @@ def memory_plan(cfg: RunConfig, runtime: Runtime, n_params: int) -> str:
         optimizer_bytes_per_param=8.0 if cfg.optim.name == "adamw" else 4.0,
         activation_checkpointing=tc.activation_checkpointing,
         shards=sharded,
-        score_layers=cpu_bf16_attention_layers(model_cfg, T, model_cfg.dropout)
-        if (runtime.device.type, runtime.compute_dtype) == ("cpu", torch.bfloat16)
-        else 0,
+        score_layers=score_keeping_layers(model, runtime, T),
     )
     return memory.describe(available_memory(runtime.device))
