@@ -9,7 +9,7 @@ malloc's heap, dropout 0, batch 64, context 256):
     linear      every nn.Linear's three matmuls, timed alone on fresh bf16 tensors of the shapes
                 the step gives them: y = x W^T, dx = dy W, dW = dy^T x (autograd's orientation).
                 `linear_best_orientation_ms` also times dW as (x^T dy)^T and keeps the faster
-    attention   the causal attention kernel the step uses (_CpuCausalAttention), forward + backward
+    attention   the causal attention kernel the step uses (CpuCausalAttention), forward + backward
     gelu        exact GELU forward + backward on the (B, T, 4C) hidden activations
     rest        step - (linear + attention + gelu): layer norms, residual adds, dtype casts,
                 head reshapes, embeddings, the loss, clipping and the optimizer; these ops do
@@ -41,7 +41,7 @@ from torch import nn
 
 from cpu_flops import matmul_peak
 from gptlab.model.accounting import flops_per_token
-from gptlab.model.attention import _CpuCausalAttention
+from gptlab.model.cpu_bf16_attention import CpuCausalAttention
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.presets import shakespeare_char
@@ -126,7 +126,7 @@ def main() -> None:
 
     step = median_ms(train_step, a.steps)  # its untimed first step allocates AdamW's state
     linear, linear_best = linear_ms(model, B * T, a.repeats)
-    attention = cfg.n_layer * grad_ms(_CpuCausalAttention.apply, [(B, H, T, C // H)] * 3, a.repeats)
+    attention = cfg.n_layer * grad_ms(CpuCausalAttention.apply, [(B, H, T, C // H)] * 3, a.repeats)
     gelu = cfg.n_layer * grad_ms(F.gelu, [(B, T, cfg.ff_width)], a.repeats)
     peak = matmul_peak(BF16, sizes=(1024,))
     flops = flops_per_token(cfg) * B * T

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from gptlab.errors import ConfigError
 from gptlab.seeding import mix_seed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,15 +90,15 @@ def pick_device(requested: str) -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ValueError(
+        raise ConfigError(
             f"train.device {requested!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise ConfigError(
             "train.device is 'cuda' but no CUDA GPU is visible; use --train.device cpu"
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("train.device is 'mps' but MPS is not available; use --train.device cpu")
+        raise ConfigError("train.device is 'mps' but MPS is not available; use --train.device cpu")
     return device
 
 
@@ -201,7 +202,7 @@ def pick_compute_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested != "auto":
         dtype = DTYPES[requested]
         if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("this GPU has no bfloat16 support; use --train.dtype float16")
+            raise ConfigError("this GPU has no bfloat16 support; use --train.dtype float16")
         return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

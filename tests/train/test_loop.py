@@ -208,3 +208,13 @@ def test_a_data_vocab_override_is_logged(tiny_run, locations, caplog):
         train(tiny_run, _runtime(), locations)
     lines = [r.getMessage() for r in caplog.records if "model.vocab_size" in r.getMessage()]
     assert len(lines) == 1 and f"{tiny_run.model.vocab_size} ->" in lines[0]
+
+
+def test_resume_after_a_row_cut_off_mid_write(tiny_run, locations):
+    train(_with(tiny_run, max_steps=10, eval_interval=10), _runtime(), locations)
+    metrics = Path(tiny_run.train.out_dir) / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"step": 11, "train_lo')  # the process died mid-write
+    train(_with(tiny_run, max_steps=12, eval_interval=6), _runtime(), locations, resume=True)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [10, 12]

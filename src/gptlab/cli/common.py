@@ -51,6 +51,7 @@ def torchrun_launch() -> Launch:
             rank=int(os.environ.get("RANK", "0")),
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            is_torchrun_worker="TORCHELASTIC_RUN_ID" in os.environ,  # exits when torchrun dies
         )
     except ValueError:
         raise UsageError(

@@ -121,10 +121,7 @@ def run(argv: list[str]) -> int:
     launch = torchrun_launch()  # a single process unless started by torchrun
     main_rank = launch.rank == 0
     setup_logging(quiet=not main_rank)
-    try:
-        runtime = make_runtime(cfg.train.device, cfg.train.dtype, launch, tf32=cfg.train.tf32)
-    except ValueError as e:  # the device or dtype asked for is not available here
-        raise ConfigError(str(e)) from None
+    runtime = make_runtime(cfg.train.device, cfg.train.dtype, launch, tf32=cfg.train.tf32)
     try:
 
         def announce(

@@ -47,10 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# TODO: drop this alias once benchmarks/cpu_step_breakdown.py (not ours to edit in this change)
-# imports CpuCausalAttention from gptlab.model.cpu_bf16_attention
-_CpuCausalAttention = cpu_bf16_attention.CpuCausalAttention
-
 
 @functools.cache
 def _warn_once(message: str) -> None:

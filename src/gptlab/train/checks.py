@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gptlab.config import to_dict
-from gptlab.errors import GptlabError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.config import ModelConfig
 from gptlab.runtime import Runtime
 from gptlab.tokenizer.base import Tokenizer
@@ -89,8 +89,13 @@ def check_same_data(stored: dict[str, Any], cfg: RunConfig, meta: dict[str, Any]
 
 
 def check_parallel(cfg: RunConfig, runtime: Runtime) -> None:
-    """Refuse what cannot run on this set of processes, before any work."""
+    """Refuse what cannot run on this device and set of processes, before any work."""
     tc = cfg.train
+    if cfg.model.attn_backend == "flex" and runtime.device.type == "cpu":
+        raise ConfigError(
+            "model.attn_backend flex has no backward pass on a CPU in this torch; train "
+            "with --model.attn_backend sdpa (or math) and use flex on a GPU"
+        )
     if tc.strategy == "fsdp" and not runtime.distributed:
         raise GptlabError(
             "--train.strategy fsdp shards the model across processes, but this is a single "

@@ -36,12 +36,13 @@ from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import apply_schedule
-from gptlab.runtime import Runtime, seed_everything
+from gptlab.runtime import Runtime
 from gptlab.train import checks, distributed
 from gptlab.train.config import RunConfig
 from gptlab.train.evaluation import PeriodicEval
 from gptlab.train.health import HealthMonitor, peak_flops, peak_memory_gb
 from gptlab.train.inputs import RunData, open_data, train_loader
+from gptlab.train.lock import hold_run_dir
 from gptlab.train.memory import enable_activation_checkpointing, memory_plan
 from gptlab.train.metrics import METRICS, MetricsLog, log_eval, log_step
 from gptlab.train.resume import (
@@ -102,16 +103,18 @@ def _explain_oom(where: str, B: int, T: int) -> Iterator[None]:
 
 
 def _build_model(cfg: RunConfig, runtime: Runtime) -> tuple[GPT, nn.Module]:
-    """(the model, the module its training forward runs through: itself, DDP or FSDP)."""
+    """(the model, the module its training forward runs through: itself, DDP or FSDP). Under
+    FSDP the model is built on the meta device and only this rank's shards are materialised."""
     tc = cfg.train
-    seed_everything(tc.seed)  # the same initial weights on every rank
-    model = GPT(cfg.model).to(runtime.device)
-    if tc.activation_checkpointing:
-        enable_activation_checkpointing(model)
     fsdp = runtime.distributed and tc.strategy == "fsdp"
-    if tc.compile and (fsdp or tc.compile_scope == "blocks"):
-        _compile(model, "blocks")  # before fully_shard, as FSDP2 expects
-    wrapped = distributed.wrap_model(model, tc.strategy, runtime)  # DDP, or FSDP in place
+
+    def before_wrap(model: GPT) -> None:
+        if tc.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        if tc.compile and (fsdp or tc.compile_scope == "blocks"):
+            _compile(model, "blocks")  # before fully_shard, as FSDP2 expects
+
+    model, wrapped = distributed.build_model(cfg.model, tc.strategy, runtime, tc.seed, before_wrap)
     if tc.compile and not fsdp and tc.compile_scope == "model":
         _compile(wrapped, "model")  # the DDP wrapper too: its graph breaks at gradient buckets
     return model, wrapped
@@ -211,9 +214,21 @@ def train(
     refused run prints only its error. `on_step(step, loss)` is called after every optimizer
     step (tests use it to simulate a crash).
     """
+    checks.check_parallel(cfg, runtime)
+    with hold_run_dir(Path(cfg.train.out_dir), runtime):  # one trainer per run directory
+        return _train(cfg, runtime, locations, resume, on_step, on_start)
+
+
+def _train(
+    cfg: RunConfig,
+    runtime: Runtime,
+    locations: Locations,
+    resume: bool,
+    on_step: Callable[[int, float], None] | None,
+    on_start: Callable[[RunConfig], None] | None,
+) -> TrainResult:
     t_start = time.perf_counter()
     tc, run_dir = cfg.train, Path(cfg.train.out_dir)
-    checks.check_parallel(cfg, runtime)
     stored_cfg = None
     if resume:
         if not checkpoint.resolve(run_dir / "latest").is_dir():
@@ -238,7 +253,7 @@ def train(
     )
     model, wrapped = _build_model(cfg, runtime)
     if resume:
-        checkpoint.load_weights(model, run_dir / "latest")
+        distributed.load_weights(model, run_dir / "latest")  # into FSDP shards too
     optimizer = build_optimizer(
         model.named_parameters(),
         cfg.optim,
@@ -296,7 +311,7 @@ def _log_plan(job: _Job) -> None:
         rt.describe(),
         accum * B * rt.world_size * T,
     )
-    log.info("memory estimate per device: %s", memory_plan(cfg, rt, counts.total))
+    log.info("memory estimate per device: %s", memory_plan(cfg, rt, counts.total, model=job.model))
 
 
 def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] | None) -> float:

@@ -33,11 +33,18 @@ def set_rng_state(state: dict[str, Any], runtime: Runtime) -> None:
 
 
 def rewrite_metrics_until(path: Path, step: int) -> None:
-    """Drop metric rows past `step` (written by a run that crashed after its last checkpoint)."""
+    """Drop metric rows past `step` (written by a run that crashed after its last checkpoint),
+    and a last row the crash cut off mid-write."""
     if not path.exists():
         return
-    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a half-written row of the killed process
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(ln + "\n" for ln in kept))
     tmp.replace(path)
