@@ -194,13 +194,17 @@ from gptlab.errors import GptlabError
 from gptlab.runtime import close_runtime, make_runtime
 from gptlab.train.lock import hold_run_dir
 
+def say(line):  # one write per line: print() writes the newline separately, and the ranks
+    sys.stdout.write(line + "\n")  # share one pipe, so their lines could interleave
+    sys.stdout.flush()
+
 runtime = make_runtime("cpu", "float32", torchrun_launch())
 for run_dir in sys.argv[1:]:
     try:
         with hold_run_dir(run_dir, runtime):
-            print(f"rank {runtime.rank} holds {run_dir}", flush=True)
+            say(f"rank {runtime.rank} holds {run_dir}")
     except GptlabError as e:
-        print(f"rank {runtime.rank} refused: {e}", flush=True)
+        say(f"rank {runtime.rank} refused: {e}")
 close_runtime(runtime)
 """
 
@@ -395,3 +399,15 @@ def test_killing_torchrun_ends_its_workers_and_the_run_resumes_exactly(
         assert any(s > stopped_at for s in want) and sorted(got) == sorted(want), (key, got)
         for s in want:
             assert got[s] == pytest.approx(want[s], rel=1e-5, abs=1e-6), (key, s)
+
+
+def test_a_refused_run_leaves_no_empty_parent_directories(tmp_path):
+    run_dir = tmp_path / "runs" / "deep" / "r"
+    lock = lock_run_dir(run_dir)
+    assert run_dir.is_dir()
+    lock.release()
+    assert not (tmp_path / "runs").exists()  # all three were made by the lock: all gone
+    (tmp_path / "runs").mkdir()
+    lock = lock_run_dir(run_dir)
+    lock.release()
+    assert (tmp_path / "runs").is_dir() and not (tmp_path / "runs" / "deep").exists()

@@ -48,10 +48,10 @@ class RunDirLock:
     """The lock of one run directory (`fd` None: not locked, where locks are unavailable);
     `release()`, or the process ending, lets it go."""
 
-    def __init__(self, path: Path, fd: int | None, made_dir: bool = False) -> None:
+    def __init__(self, path: Path, fd: int | None, made_dirs: tuple[Path, ...] = ()) -> None:
         self.path = path
         self._fd = fd
-        self._made_dir = made_dir
+        self._made_dirs = made_dirs  # the directories taking the lock created, deepest first
 
     @property
     def is_locked(self) -> bool:
@@ -62,9 +62,11 @@ class RunDirLock:
             return
         with contextlib.suppress(FileNotFoundError):  # while still held: see the module doc
             os.unlink(self.path)
-        if self._made_dir:
-            with contextlib.suppress(OSError):  # fails, as it should, unless left empty
-                os.rmdir(self.path.parent)
+        for directory in self._made_dirs:  # leave no empty run dir (or parent) behind
+            try:
+                os.rmdir(directory)  # fails, as it should, unless left empty
+            except OSError:
+                break
         os.close(self._fd)  # closing the descriptor drops the flock
         self._fd = None
 
@@ -80,7 +82,7 @@ def lock_run_dir(run_dir: Path) -> RunDirLock:
     if fcntl is None:
         log.warning("no file locks on this platform: nothing stops a second trainer in %s", run_dir)
         return RunDirLock(path, None)
-    made_dir = not run_dir.is_dir()
+    made_dirs = tuple(d for d in (run_dir, *run_dir.parents) if not d.exists())
     for _ in range(_ATTEMPTS):
         fd = _open(path)
         if fd is None:
@@ -106,7 +108,7 @@ def lock_run_dir(run_dir: Path) -> RunDirLock:
         if _names(path, fd):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-            return RunDirLock(path, fd, made_dir)
+            return RunDirLock(path, fd, made_dirs)
         os.close(fd)  # we locked a file its last holder had just deleted: lock the new one
     raise GptlabError(f"cannot lock {path}: other trainers keep deleting it; try again")
 
