@@ -195,7 +195,7 @@ from gptlab.runtime import close_runtime, make_runtime
 from gptlab.train.lock import hold_run_dir
 
 def say(line):  # one write per line: print() writes the newline separately, and the ranks
-    sys.stdout.write(line + "\n")  # share one pipe, so their lines could interleave
+    sys.stdout.write(line + "\\n")  # share one pipe, so their lines could interleave
     sys.stdout.flush()
 
 runtime = make_runtime("cpu", "float32", torchrun_launch())
