@@ -172,3 +172,27 @@ def test_missing_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     run_dir = _write_run(tmp_path / "run")
     assert main(["plot", str(run_dir), "--out", str(tmp_path / "x.png")]) == 1
     assert "pip install 'gptlab[plot]'" in _one_error_line(capsys)
+
+
+def test_metric_plots_one_column_and_names_the_others(tmp_path, capsys):
+    run = _write_run(tmp_path / "a")
+    r = load_run(run, "a", metric="val_bpb")
+    assert r.val["loss"] == [1.5] * 4 and r.val["step"] == [10.0, 20.0, 30.0, 40.0]
+    assert r.train["loss"] == []  # only the asked-for column
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        if "val_loss" in row:
+            row["eval/hellaswag/acc_norm"] = 0.25 + 0.01 * i
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    r = load_run(run, "a", metric="eval/hellaswag/acc_norm")
+    assert len(r.val["loss"]) == 4 and r.val["loss"][0] < r.val["loss"][-1]
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "acc.png"
+    assert main(["plot", str(run), "--metric", "eval/hellaswag/acc_norm", "--out", str(out)]) == 0
+    _png(out)
+    capsys.readouterr()
+    assert main(["plot", str(run), "--metric", "eval/nope", "--out", str(tmp_path / "x.png")]) == 1
+    line = _one_error_line(capsys)
+    assert (
+        "no 'eval/nope' values" in line and "val_bpb" in line and "eval/hellaswag/acc_norm" in line
+    )

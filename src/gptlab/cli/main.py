@@ -23,6 +23,7 @@ VERBS = {
     "tokenizer": ("gptlab.cli.tokenizer", "train, inspect and use BPE tokenizers"),
     "info": ("gptlab.cli.info", "architecture, parameter count and FLOPs of a preset or run"),
     "plot": ("gptlab.cli.plot", "loss curves of runs vs step, tokens and time, as a PNG"),
+    "eval": ("gptlab.cli.eval", "benchmarks, validation loss and perplexity of a trained model"),
     "export": ("gptlab.cli.export", "a weights-only checkpoint of a run, for inference"),
 }
 

@@ -45,6 +45,9 @@ class PlotArgs:
     """Panels, left to right: step, tokens and/or time (e.g. --x tokens)."""
     log_y: bool = False
     """Logarithmic loss axis (spreads out the late, flat part of the curves)."""
+    metric: str = ""
+    """Plot this metrics.jsonl column instead of the losses, e.g. eval/hellaswag/acc_norm,
+    val_bpb or grad_norm (default: train and val loss)."""
     title: str = ""
     """Figure title (default: none)."""
 
@@ -127,8 +130,9 @@ def _wall_clock(rows: list[dict[str, Any]]) -> list[float | None]:
     return out
 
 
-def load_run(run_dir: Path, name: str) -> Run:
-    """Turn metrics rows into plottable series."""
+def load_run(run_dir: Path, name: str, metric: str = "") -> Run:
+    """Turn metrics rows into plottable series: train and val loss, or (`metric`) that one
+    column, drawn like val loss."""
     rows = read_rows(run_dir)
     per_step = tokens_per_step(run_dir, rows)
     times = _wall_clock(rows)
@@ -140,8 +144,9 @@ def load_run(run_dir: Path, name: str) -> Run:
     train: dict[str, list[float]] = {k: [] for k in ("loss", "step", "tokens", "time")}
     val: dict[str, list[float]] = {k: [] for k in ("loss", "step", "tokens", "time")}
     nan = float("nan")
+    keys = ((metric, val),) if metric else (("train_loss", train), ("val_loss", val))
     for row, t in zip(rows, times, strict=True):
-        for key, series in (("train_loss", train), ("val_loss", val)):
+        for key, series in keys:
             if not isinstance(row.get(key), (int, float)):
                 continue
             step = row["step"]
@@ -150,6 +155,13 @@ def load_run(run_dir: Path, name: str) -> Run:
             series["step"].append(float(step))
             series["tokens"].append(nan if tokens is None else float(tokens))
             series["time"].append(nan if t is None else t)
+    if metric and not val["loss"]:
+        numeric = sorted(
+            {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "step"}
+        )
+        raise GptlabError(
+            f"{run_dir / METRICS} has no {metric!r} values; columns there: {', '.join(numeric)}"
+        )
     if not train["loss"] and not val["loss"]:
         raise GptlabError(f"{run_dir / METRICS} holds no train_loss or val_loss values to plot")
     return Run(name, train, val, notes)
@@ -170,7 +182,9 @@ def _time_unit(runs: list[Run]) -> tuple[str, float]:
     return "s", 1.0
 
 
-def draw(runs: list[Run], out: Path, axes: tuple[str, ...], log_y: bool, title: str) -> None:
+def draw(
+    runs: list[Run], out: Path, axes: tuple[str, ...], log_y: bool, title: str, metric: str = ""
+) -> None:
     """Write the figure: one panel per x axis, one colour per run."""
     try:
         figure = importlib.import_module("matplotlib.figure")
@@ -190,7 +204,7 @@ def draw(runs: list[Run], out: Path, axes: tuple[str, ...], log_y: bool, title: 
             tx, vx = [x * k for x in run.train[axis]], [x * k for x in run.val[axis]]
             ax.plot(tx, run.train["loss"], color=colour, lw=0.9, alpha=0.45)
             ax.plot(vx, run.val["loss"], color=colour, lw=2.0, marker="o", ms=4)
-        ax.set_title(_TITLE[axis])
+        ax.set_title(f"{metric} vs {axis}" if metric else _TITLE[axis])
         ax.set_xlabel(_X_LABEL.get(axis, f"wall-clock time ({unit}, incl. startup and eval)"))
         if axis == "tokens":
             ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
@@ -201,13 +215,13 @@ def draw(runs: list[Run], out: Path, axes: tuple[str, ...], log_y: bool, title: 
             ax.yaxis.set_minor_formatter(plain)
         ax.grid(True, which="major", alpha=0.3)
         ax.grid(True, which="minor", alpha=0.1)
-    panels[0].set_ylabel("loss (nats/token)" + (", log scale" if log_y else ""))
+    panels[0].set_ylabel((metric or "loss (nats/token)") + (", log scale" if log_y else ""))
     handles = [lines.Line2D([], [], color=c, lw=2.0) for c in colours]
     handles += [
         lines.Line2D([], [], color="0.4", lw=0.9, alpha=0.6),
         lines.Line2D([], [], color="0.4", lw=2.0, marker="o", ms=4),
     ]
-    labels = [r.name for r in runs] + ["train (one batch)", "val (held out)"]
+    labels = [r.name for r in runs] + ["train (one batch)", metric or "val (held out)"]
     fig.legend(handles, labels, loc="outside right upper", fontsize="small")  # off the curves
     if title:
         fig.suptitle(title)
@@ -224,11 +238,11 @@ def run(argv: list[str]) -> int:
     if Path(args.out).suffix.lower() not in (".png", ".svg", ".pdf"):
         raise UsageError(f"--out {args.out!r} must end in .png (or .svg, .pdf)")
     dirs = [Path(d) for d in args.run_dirs]
-    runs = [load_run(d, n) for d, n in zip(dirs, _names(dirs), strict=True)]
+    runs = [load_run(d, n, args.metric) for d, n in zip(dirs, _names(dirs), strict=True)]
     for r in runs:
         for note in r.notes:
             print(f"note: {note}", file=sys.stderr)
     out = Path(args.out)
-    draw(runs, out, tuple(dict.fromkeys(args.x)), args.log_y, args.title)
+    draw(runs, out, tuple(dict.fromkeys(args.x)), args.log_y, args.title, args.metric)
     print(f"wrote {out} ({len(runs)} run{'s' if len(runs) > 1 else ''}: {', '.join(args.x)})")
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from gptlab.config import to_dict
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.eval.tasks import parse_tasks
 from gptlab.model.config import ModelConfig
 from gptlab.runtime import Runtime
 from gptlab.tokenizer.base import Tokenizer
@@ -91,6 +92,13 @@ def check_same_data(stored: dict[str, Any], cfg: RunConfig, meta: dict[str, Any]
 def check_parallel(cfg: RunConfig, runtime: Runtime) -> None:
     """Refuse what cannot run on this device and set of processes, before any work."""
     tc = cfg.train
+    if tc.eval_tasks:
+        parse_tasks(tc.eval_tasks)  # ConfigError naming the known tasks
+        if "val" in parse_tasks(tc.eval_tasks):
+            raise ConfigError(
+                "train.eval_tasks: val is measured at every evaluation already (val_loss, "
+                "val_bpb); list only benchmarks such as hellaswag,arc_easy"
+            )
     if cfg.model.attn_backend == "flex" and runtime.device.type == "cpu":
         raise ConfigError(
             "model.attn_backend flex has no backward pass on a CPU in this torch; train "

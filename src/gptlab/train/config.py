@@ -41,6 +41,12 @@ class TrainConfig:
     """Evaluate (and checkpoint) every this many steps, and after the last step."""
     eval_steps: int = 200
     """Batches in the fixed evaluation set of each split."""
+    eval_tasks: str = ""
+    """Benchmarks to run at every evaluation too, comma-separated (hellaswag, lambada,
+    arc_easy, piqa, ppl:PATH), each on the same seeded subset of eval_tasks_limit examples;
+    logged as eval/TASK/METRIC (e.g. eval/hellaswag/acc_norm). Data from GPTLAB_DATA_DIR."""
+    eval_tasks_limit: int = 500
+    """Examples per task in each in-training benchmark evaluation (a fixed, seeded subset)."""
     log_interval: int = 10
     """Print a progress line every this many steps."""
     seed: int = 1337
@@ -88,6 +94,7 @@ class TrainConfig:
             "grad_accum_steps",
             "eval_interval",
             "eval_steps",
+            "eval_tasks_limit",
             "log_interval",
         ):
             if getattr(self, name) < 1:

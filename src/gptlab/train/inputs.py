@@ -19,6 +19,7 @@ from gptlab.data.registry import Locations
 from gptlab.data.shards import TokenShards, load_meta, open_split
 from gptlab.errors import GptlabError
 from gptlab.runtime import Runtime
+from gptlab.tokenizer.base import Tokenizer
 from gptlab.train import checks, distributed
 from gptlab.train.config import RunConfig
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class RunData:
     data_dir: Path
     meta: dict[str, Any]
+    tokenizer: Tokenizer
     splits: dict[str, TokenShards]  # "train", "val"
     token_bytes: torch.Tensor  # (V,) UTF-8 bytes of each token id, for bits per byte
     tokenizer_files: list[str]  # files in data_dir that every checkpoint carries along
@@ -66,7 +68,7 @@ def open_data(cfg: RunConfig, locations: Locations, runtime: Runtime) -> tuple[R
             )
     token_bytes = torch.from_numpy(tok.token_bytes()).long()
     files = meta.get("tokenizer_files", ["tokenizer.json"])
-    return cfg, RunData(data_dir, meta, splits, token_bytes, files)
+    return cfg, RunData(data_dir, meta, tok, splits, token_bytes, files)
 
 
 def train_loader(cfg: RunConfig, data: RunData, runtime: Runtime) -> Any:

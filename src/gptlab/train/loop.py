@@ -39,7 +39,7 @@ from gptlab.optim.schedule import apply_schedule
 from gptlab.runtime import Runtime
 from gptlab.train import checks, distributed
 from gptlab.train.config import RunConfig
-from gptlab.train.evaluation import PeriodicEval
+from gptlab.train.evaluation import PeriodicEval, check_benchmarks
 from gptlab.train.health import HealthMonitor, peak_flops, peak_memory_gb
 from gptlab.train.inputs import RunData, open_data, train_loader
 from gptlab.train.lock import hold_run_dir
@@ -239,6 +239,7 @@ def _train(
         stored_cfg = checkpoint.load_config(run_dir / "latest")
     else:
         checks.check_fresh_run_dir(run_dir)
+    check_benchmarks(tc, locations.data_dir)  # a missing file fails now, not at the first eval
 
     cfg, data = open_data(cfg, locations, runtime)  # the tokenizer fixes the vocabulary size
     if stored_cfg is not None:
@@ -249,7 +250,14 @@ def _train(
     if on_start is not None:
         on_start(cfg)
     evaluate = PeriodicEval(
-        data.splits, tc, cfg.model.seq_len, cfg.model.doc_mask, data.token_bytes, runtime
+        data.splits,
+        tc,
+        cfg.model.seq_len,
+        cfg.model.doc_mask,
+        data.token_bytes,
+        runtime,
+        tokenizer=data.tokenizer,
+        data_dir=locations.data_dir,
     )
     model, wrapped = _build_model(cfg, runtime)
     if resume:
@@ -382,6 +390,7 @@ def _evaluate_and_save(job: _Job, t_start: float, train_time_s: float) -> float:
     p, tc = job.progress, job.cfg.train
     with _explain_oom(f"evaluation after step {p.step}", tc.batch_size, job.cfg.model.seq_len):
         results = job.evaluate(job.model)
+        benchmarks = job.evaluate.benchmarks(job.model)  # {} unless --train.eval_tasks
     val = results["val"]["loss"]
     is_best = val < p.best_val_loss
     p.best_val_loss = min(p.best_val_loss, val)
@@ -393,6 +402,7 @@ def _evaluate_and_save(job: _Job, t_start: float, train_time_s: float) -> float:
         "tokens": p.tokens,
         "elapsed_s": time.perf_counter() - t_start,
         "train_time_s": train_time_s,  # optimizer steps only
+        **benchmarks,
     }
     job.metrics.record(row)
     if tc.save_checkpoints:

@@ -93,3 +93,10 @@ def log_eval(row: dict[str, Any], is_best: bool) -> None:
         row["val_bpb"],
         " (best)" if is_best else "",
     )
+    shown = [
+        f"{k.removeprefix('eval/')} {v:.4f}"
+        for k, v in row.items()
+        if k.startswith("eval/") and not k.endswith("_stderr")
+    ]
+    if shown:
+        log.info("eval step %d | %s | %.1fs", row["step"], " | ".join(shown), row["eval_tasks_s"])

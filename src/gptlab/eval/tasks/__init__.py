@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.eval.tasks import arc_easy, hellaswag, lambada, perplexity, piqa, val
 from gptlab.eval.tasks.base import TaskContext, TaskResult
+from gptlab.eval.tasks.files import DataSources, find_file
 
 BENCHMARKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "hellaswag": hellaswag.run,
@@ -18,6 +19,7 @@ BENCHMARKS: dict[str, Callable[[TaskContext], TaskResult]] = {
     "arc_easy": arc_easy.run,
     "piqa": piqa.run,
 }
+_MODULES = {m.NAME: m for m in (hellaswag, lambada, arc_easy, piqa)}  # NAME, FILES, HOW, read
 ALL = (*BENCHMARKS, val.NAME)
 KNOWN = f"{', '.join(ALL)}, ppl:PATH or all"
 
@@ -46,3 +48,17 @@ def run_task(name: str, ctx: TaskContext) -> TaskResult:
     if name == val.NAME:
         return val.run(ctx)
     return BENCHMARKS[name](ctx)
+
+
+def check_data(names: list[str], sources: DataSources) -> None:
+    """Find and read every benchmark's file (and check that each ppl:PATH exists) without a
+    model: a run that will evaluate them fails before it trains, not at its first eval."""
+    for name in names:
+        if name in _MODULES:
+            module = _MODULES[name]
+            module.read(find_file(name, module.FILES, sources, module.HOW))
+        elif name.startswith(perplexity.PREFIX):
+            location = name.removeprefix(perplexity.PREFIX)
+            if not location:
+                raise GptlabError("ppl: needs a path to text, e.g. ppl:wikitext2/valid.txt")
+            perplexity.resolve_sources(location)  # a GptlabError if it does not exist
