@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow
 def test_cpu_step_breakdown_quick_adds_up():
     script = BENCHMARKS / "cpu_step_breakdown.py"
     proc = subprocess.run(

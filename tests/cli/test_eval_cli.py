@@ -175,6 +175,7 @@ metric_list:
 """
 
 
+@pytest.mark.slow
 def test_harness_results_go_in_the_same_file(run_eval, trained, tmp_path, monkeypatch):
     """--harness on a local YAML task over the same rows as --tasks arc_easy: one file holds
     both, with the same accuracy."""

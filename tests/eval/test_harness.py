@@ -66,6 +66,7 @@ def model():
     return GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, seq_len=32, vocab_size=257)).eval()
 
 
+@pytest.mark.slow
 def test_harness_and_native_scorer_choose_alike(offline_hf, tmp_path, model, byte_tok):
     from gptlab.eval.harness import GptlabLM, run_harness
 
