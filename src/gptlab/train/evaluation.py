@@ -26,7 +26,7 @@ from gptlab.tokenizer.base import Tokenizer
 from gptlab.train.config import TrainConfig
 
 # per-task fields of the flat results that are bookkeeping, not metrics to plot
-_NOT_METRICS = ("/n", "/cropped", "/skipped")
+_NOT_METRICS = ("/n", "/cropped", "/skipped", "/chance")
 
 
 def check_benchmarks(tc: TrainConfig, data_dir: Path | None) -> None:
