@@ -165,29 +165,9 @@ def run_tasks(
 
 
 def evaluate(
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    tasks: str | Sequence[str] = ALL,
-    *,
-    limit: int | None = None,
-    num_fewshot: int = 0,
-    batch_size: int = 32,
-    device: torch.device | str | None = None,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-    rank: int = 0,
-    world_size: int = 1,
-    data_dirs: Sequence[Path] = (),
-    data_paths: Mapping[str, Path] | None = None,
-    val_split: TokenShards | None = None,
-    seed: int = SUBSET_SEED,
-    add_bos: bool | None = None,
-    stride: int | None = None,
+    model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str] = ALL, **options: Any
 ) -> dict[str, float]:
     """Flat metrics of `tasks` on `model`, e.g. {"hellaswag/acc": 0.29, "hellaswag/acc_stderr":
-    0.0045, "hellaswag/n": 10042.0, ..., "score": 0.07}; the arguments are `run_tasks`'."""
-    report = run_tasks(
-        model, tokenizer, tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
-        device=device, autocast=autocast, rank=rank, world_size=world_size, data_dirs=data_dirs,
-        data_paths=data_paths, val_split=val_split, seed=seed, add_bos=add_bos, stride=stride,
-    )  # fmt: skip
-    return report.flat()
+    0.0045, "hellaswag/n": 10042.0, ..., "score": 0.07}; `options` are `run_tasks`' keywords
+    (limit, batch_size, device, autocast, rank, world_size, data_dirs, ...)."""
+    return run_tasks(model, tokenizer, tasks, **options).flat()
