@@ -21,6 +21,7 @@ ALLOWED = {
     "optim": set(),
     "infer": {"model", "tokenizer", "checkpoint"},
     "serve": {"infer", "checkpoint", "tokenizer"},
+    "scale": {"ablate", "train", "eval", "presets", "model"},  # scale -> ablate: sweeps run there
     "model": set(),
     "tokenizer": set(),
     "runtime": set(),

@@ -4,6 +4,7 @@ gptlab info                          the default preset
 gptlab info --preset gpt2-xl         any preset (built on the meta device: instant)
 gptlab info --preset llama --model.n_layer 4     with the same overrides train accepts
 gptlab info runs/shakespeare_char_cpu            a run directory (or checkpoint directory)
+gptlab info --auto.depth 4                       sized from one dial (docs/scaling.md)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from gptlab import checkpoint
 from gptlab.cli.common import UsageError
-from gptlab.cli.train import build_config
+from gptlab.cli.train import build_auto_config
 from gptlab.config import from_dict
 from gptlab.errors import GptlabError
 from gptlab.model.accounting import build_meta, count_params, flops_per_token
@@ -21,6 +22,7 @@ from gptlab.presets import PRESETS
 from gptlab.train.config import RunConfig
 
 USAGE = """usage: gptlab info [RUN_DIR] [--preset NAME] [--config FILE] [--model.FIELD VALUE ...]
+                   [--auto.depth D [--auto.FIELD VALUE ...]]
 
 Print a model's architecture, parameter count (total, active, embedding) and training FLOPs
 per token. RUN_DIR is a run or checkpoint directory; otherwise the model comes from the preset,
@@ -108,7 +110,7 @@ def run(argv: list[str]) -> int:
             raise UsageError("gptlab info RUN_DIR takes no other options")
         cfg, source = _run_config(Path(argv[0])), argv[0]
     else:
-        cfg, _, source = build_config(argv)
+        cfg, _, source, _ = build_auto_config(argv)  # --auto.depth D: prints the derivation
     model_cfg = cfg.model
     counts = count_params(build_meta(model_cfg))
     print(f"model from {source}")

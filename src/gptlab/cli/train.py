@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,8 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.model.accounting import build_meta, count_params
 from gptlab.presets import get_preset
 from gptlab.runtime import Runtime, close_runtime, make_runtime
+from gptlab.scale.auto import AUTO_FILE, Derivation, derive
+from gptlab.scale.config import AutoConfig
 from gptlab.train.config import RunConfig
 from gptlab.train.loop import train
 
@@ -41,6 +44,8 @@ class TrainArgs:
     resume: bool = False
     """Continue the run in --train.out_dir from its latest checkpoint."""
     run: Annotated[RunConfig, tyro.conf.arg(name="")] = RunConfig()
+    auto: AutoConfig = AutoConfig()
+    """Size the run from one dial, --auto.depth D (docs/scaling.md); flags still win."""
 
 
 def _default_preset() -> tuple[str, str]:
@@ -51,6 +56,12 @@ def _default_preset() -> tuple[str, str]:
 
 def build_config(argv: list[str]) -> tuple[RunConfig, bool, str]:
     """Resolve the RunConfig from the command line; returns (config, resume, how it was chosen)."""
+    args, note = parse_args(argv)
+    return args.run, args.resume, note
+
+
+def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
+    """The parsed command line and a note on where its config came from."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     pre.add_argument("--preset", default="")
     pre.add_argument("--config", default="")
@@ -87,7 +98,42 @@ def build_config(argv: list[str]) -> tuple[RunConfig, bool, str]:
             raise ConfigError(f"config file {known.config}: {e}") from None
     default = TrainArgs(preset=known.preset, config=known.config, resume=known.resume, run=base)
     args = parse(TrainArgs, argv, prog="gptlab train", default=default, use_underscores=True)
-    return args.run, args.resume, note
+    return args, note
+
+
+def build_auto_config(argv: list[str]) -> tuple[RunConfig, bool, str, Derivation | None]:
+    """build_config, then --auto.*: derive the config from the dial (seeing every other flag),
+    and parse the flags again over it, so an explicit --optim.lr still overrides the derived."""
+    args, note = parse_args(argv)
+    cfg, resume = args.run, args.resume
+    if not args.auto.enabled:
+        if args.auto != AutoConfig():
+            raise UsageError("--auto.* settings need --auto.depth D (the number of blocks)")
+        return cfg, resume, note, None
+    if resume:
+        raise UsageError(
+            "--resume continues with the run's stored config; drop the --auto.* flags "
+            "(the derived values are already in its config.json)"
+        )
+    derivation = derive(cfg, args.auto)
+    default = dataclasses.replace(args, run=derivation.config)
+    final = parse(TrainArgs, argv, prog="gptlab train", default=default, use_underscores=True).run
+    lines = derivation.to_dict(final)["derived"]
+    shown = [
+        f"    {line}" + (f"  [flag: {row['overridden_by']}]" if "overridden_by" in row else "")
+        for line, row in zip(derivation.lines(), lines, strict=True)
+    ]
+    note = f"{note}, sized by --auto.depth {args.auto.depth}:\n" + "\n".join(shown)
+    return final, resume, note, derivation
+
+
+def _save_auto(derivation: Derivation, cfg: RunConfig) -> None:
+    """RUN_DIR/auto.json: the dial, each derived value and its reason (written, then renamed)."""
+    run_dir = Path(cfg.train.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{AUTO_FILE}.tmp"
+    tmp.write_text(json.dumps(derivation.to_dict(cfg), indent=2) + "\n")
+    tmp.replace(run_dir / AUTO_FILE)
 
 
 def _count(n: int) -> str:
@@ -117,7 +163,7 @@ def summary(cfg: RunConfig, runtime: Runtime, note: str) -> list[str]:
 
 
 def run(argv: list[str]) -> int:
-    cfg, resume, note = build_config(argv)
+    cfg, resume, note, derivation = build_auto_config(argv)
     launch = torchrun_launch()  # a single process unless started by torchrun
     main_rank = launch.rank == 0
     setup_logging(quiet=not main_rank)
@@ -129,6 +175,8 @@ def run(argv: list[str]) -> int:
         ) -> None:  # after every check: a refused run prints only its error
             if main_rank:
                 print("\n".join(summary(final, runtime, note)), flush=True)
+                if derivation is not None:
+                    _save_auto(derivation, final)
 
         result = train(cfg, runtime, locations(), resume=resume, on_start=announce)
     finally:
