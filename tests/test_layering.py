@@ -19,7 +19,8 @@ ALLOWED = {
     "checkpoint": {"model", "tokenizer"},
     "data": {"tokenizer"},
     "optim": set(),
-    "infer": {"model", "tokenizer", "checkpoint"},
+    "infer": {"model", "tokenizer", "checkpoint", "interop"},  # hf:DIR resolved in infer/load
+    "interop": {"model", "tokenizer"},
     "serve": {"infer", "checkpoint", "tokenizer"},
     "scale": {"ablate", "train", "eval", "presets", "model"},  # scale -> ablate: sweeps run there
     "model": set(),

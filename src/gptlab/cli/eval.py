@@ -114,14 +114,23 @@ def _data_paths(entries: tuple[str, ...]) -> tuple[list[Path], dict[str, Path]]:
 
 def load_target(spec: str, which: str, device: torch.device) -> Target:
     """The model (fp32 weights, eval mode, on device) and tokenizer of TARGET, and its identity."""
-    if spec.startswith(HF_PREFIX):
-        path = Path(spec[len(HF_PREFIX) :])
-        if not (path / "config.json").is_file():
-            raise GptlabError(f"{path} is not a Hugging Face model folder (it has no config.json)")
-        raise GptlabError(
-            f"{path}: evaluating Hugging Face models needs the interop package (gptlab.interop), "
-            "which this gptlab does not have yet; evaluate a gptlab run or checkpoint"
-        )
+    if spec.startswith(HF_PREFIX):  # converted on the fly by infer/load.py
+        loaded = load_for_inference(Path(spec), which, device, "float32")
+        identity = {
+            "target": spec,
+            "run_dir": None,
+            "checkpoint": str(loaded.path),
+            "step": None,
+            "params": count_params(loaded.model).total,
+            "config_hash": hashlib.sha256(
+                json.dumps(loaded.config, sort_keys=True).encode()
+            ).hexdigest()[:16],
+            "tokenizer": loaded.tokenizer.describe(),
+            "tokenizer_fingerprint": loaded.tokenizer.fingerprint(),
+        }
+        # as lm-evaluation-harness's hf backend: GPT-2 tokenizers add no BOS, Llama-style ones do
+        gpt2_like = loaded.config["model"].get("pos_emb") == "learned"
+        return Target(loaded, identity, not gpt2_like and loaded.tokenizer.bos_id is not None)
     path = Path(spec)
     if not path.exists():
         raise GptlabError(

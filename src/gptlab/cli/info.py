@@ -4,6 +4,7 @@ gptlab info                          the default preset
 gptlab info --preset gpt2-xl         any preset (built on the meta device: instant)
 gptlab info --preset llama --model.n_layer 4     with the same overrides train accepts
 gptlab info runs/shakespeare_char_cpu            a run directory (or checkpoint directory)
+gptlab info hf:models/gpt2                       a Hugging Face model folder
 gptlab info --auto.depth 4                       sized from one dial (docs/scaling.md)
 """
 
@@ -16,6 +17,8 @@ from gptlab.cli.common import UsageError
 from gptlab.cli.train import build_auto_config
 from gptlab.config import from_dict
 from gptlab.errors import GptlabError
+from gptlab.infer.load import hf_folder
+from gptlab.interop.hf import read_model_config
 from gptlab.model.accounting import build_meta, count_params, flops_per_token
 from gptlab.model.config import ModelConfig
 from gptlab.presets import PRESETS
@@ -33,6 +36,8 @@ presets: {presets}
 
 
 def _run_config(run_dir: Path) -> RunConfig:
+    if hf_folder(run_dir) is not None:  # a Hugging Face model folder: its config.json only
+        return RunConfig(model=read_model_config(hf_folder(run_dir)))
     if not run_dir.exists():
         raise GptlabError(f"{run_dir} does not exist; give a run directory or --preset NAME")
     for candidate in (run_dir, checkpoint.resolve(run_dir / "latest")):

@@ -24,7 +24,9 @@ VERBS = {
     "info": ("gptlab.cli.info", "architecture, parameter count and FLOPs of a preset or run"),
     "plot": ("gptlab.cli.plot", "loss curves of runs vs step, tokens and time, as a PNG"),
     "eval": ("gptlab.cli.eval", "benchmarks, validation loss and perplexity of a trained model"),
-    "export": ("gptlab.cli.export", "a weights-only checkpoint of a run, for inference"),
+    "export": ("gptlab.cli.export", "a run as a weights-only checkpoint or a Hugging Face folder"),
+    "import": ("gptlab.cli.hf_import", "a Hugging Face GPT-2 or Llama-family model as a run"),
+    "scale": ("gptlab.cli.scale", "sweep model size, fit a scaling law, check a held-out size"),
 }
 
 
