@@ -208,6 +208,27 @@ def llama_100m() -> RunConfig:
     return _llama(12, 12, 4, 768, "llama-100m")
 
 
+def finetune_gpt2_shakespeare() -> RunConfig:
+    """nanoGPT's "finetune GPT-2 on Shakespeare": Tiny Shakespeare in GPT-2 tokens, a small
+    constant learning rate, 20 steps of 32 sequences, evaluating every 5. Pass the weights with
+    --init-from RUN_DIR or hf:DIR (their architecture replaces the GPT-2 small shape here);
+    docs/interop.md."""
+    cfg = gpt2()
+    return dataclasses.replace(
+        cfg,
+        optim=OptimConfig(lr=3e-5, min_lr=3e-5, warmup_steps=0, schedule="constant"),
+        train=TrainConfig(
+            max_steps=20,
+            batch_size=1,
+            grad_accum_steps=32,
+            eval_interval=5,
+            eval_steps=40,
+            log_interval=1,
+            out_dir="runs/finetune_gpt2_shakespeare",
+        ),
+    )
+
+
 def tiny() -> RunConfig:
     """A 2-layer, 32-wide model for tests: trains in a second."""
     return RunConfig(
@@ -239,6 +260,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "llama-15m": llama_15m,
     "llama-40m": llama_40m,
     "llama-100m": llama_100m,
+    "finetune_gpt2_shakespeare": finetune_gpt2_shakespeare,
     "tiny": tiny,
 }
 

@@ -23,6 +23,7 @@ from gptlab import checkpoint
 from gptlab.cli.common import UsageError, locations, parse, setup_logging, torchrun_launch
 from gptlab.config import from_dict, load_file, merge
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.infer.load import open_weights
 from gptlab.model.accounting import build_meta, count_params
 from gptlab.presets import get_preset
 from gptlab.runtime import Runtime, close_runtime, make_runtime
@@ -43,6 +44,9 @@ class TrainArgs:
     """YAML or JSON file whose fields override the preset (same names as the flags)."""
     resume: bool = False
     """Continue the run in --train.out_dir from its latest checkpoint."""
+    init_from: str = ""
+    """Start from the weights of a run directory or hf:DIR (a Hugging Face model folder): the
+    model section becomes the source's, optimizer and step start fresh (docs/interop.md)."""
     run: Annotated[RunConfig, tyro.conf.arg(name="")] = RunConfig()
     auto: AutoConfig = AutoConfig()
     """Size the run from one dial, --auto.depth D (docs/scaling.md); flags still win."""
@@ -66,12 +70,18 @@ def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
     pre.add_argument("--preset", default="")
     pre.add_argument("--config", default="")
     pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--init-from", "--init_from", "--train.init_from", dest="init_from")
     pre.add_argument("--train.out_dir", dest="out_dir", default="")
     try:
         known, _ = pre.parse_known_args(argv)
     except argparse.ArgumentError as e:  # e.g. --preset with no name after it
         raise UsageError(f"{e} (see gptlab train --help)") from None
 
+    if known.init_from and known.resume:
+        raise UsageError(
+            "--init-from starts a new run from another model's weights and --resume continues "
+            "this run from its own; give one of them"
+        )
     file_overrides = load_file(known.config) if known.config else {}
     if known.resume and not known.preset:
         file_train = file_overrides.get("train")
@@ -91,6 +101,14 @@ def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
     else:
         name, why = _default_preset()
         base, note = get_preset(name), f"no --preset given: using {name} ({why})"
+    if known.init_from:
+        source = open_weights(known.init_from).cfg  # the architecture comes from the source
+        base = dataclasses.replace(
+            base,
+            model=source,
+            train=dataclasses.replace(base.train, init_from=known.init_from),
+        )
+        note = f"{note}, initialised from {known.init_from}"
     if file_overrides:
         try:
             base = merge(base, file_overrides)
@@ -98,6 +116,13 @@ def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
             raise ConfigError(f"config file {known.config}: {e}") from None
     default = TrainArgs(preset=known.preset, config=known.config, resume=known.resume, run=base)
     args = parse(TrainArgs, argv, prog="gptlab train", default=default, use_underscores=True)
+    if args.init_from:  # the run records where its weights came from
+        args = dataclasses.replace(
+            args,
+            run=dataclasses.replace(
+                args.run, train=dataclasses.replace(args.run.train, init_from=args.init_from)
+            ),
+        )
     return args, note
 
 

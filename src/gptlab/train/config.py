@@ -20,6 +20,10 @@ from gptlab.optim.config import OptimConfig
 class TrainConfig:
     max_steps: int = 5000
     """Optimizer steps to train for; the LR schedule decays over exactly this many."""
+    max_seconds: float = 0.0
+    """Wall-time budget in seconds of optimizer steps (evaluation excluded; 0: none). The run
+    stops, with a final eval and checkpoint, once it has trained this long, and the LR schedule
+    runs on max(step / max_steps, train time / max_seconds), so it completes at the budget."""
     batch_size: int = 64
     """Sequences per micro-batch on each device (the micro-batch size)."""
     grad_accum_steps: int = 1
@@ -49,6 +53,9 @@ class TrainConfig:
     """Examples per task in each in-training benchmark evaluation (a fixed, seeded subset)."""
     log_interval: int = 10
     """Print a progress line every this many steps."""
+    init_from: str = ""
+    """Start from the weights of a run directory or hf:DIR (gptlab train --init-from): the
+    architecture is the source's, the optimizer and step start fresh (docs/interop.md)."""
     seed: int = 1337
     """Seed for init, dropout and batch order: the same seed gives the same run."""
     device: str = "auto"
@@ -101,6 +108,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not self.out_dir:
             raise ValueError("train.out_dir is empty; give a directory for the run")
+        if not self.max_seconds >= 0:  # also rejects NaN
+            raise ValueError(
+                f"train.max_seconds must be >= 0 (0: no time budget), got {self.max_seconds}"
+            )
         for name in ("global_batch_size", "global_batch_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(

@@ -31,6 +31,7 @@ sizes gptlab targets; past that, torch.distributed.checkpoint writes sharded fil
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,14 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from gptlab import checkpoint
-from gptlab.errors import GptlabError
+from gptlab.config import to_dict
+from gptlab.errors import ConfigError, GptlabError
+from gptlab.infer.load import WeightSource, open_weights
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.runtime import Runtime, seed_everything
+
+log = logging.getLogger(__name__)
 
 FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -148,6 +153,92 @@ def load_weights(model: nn.Module, path: Path) -> None:
             f"{Path(path) / checkpoint.WEIGHTS} does not match the model in its config.json "
             f"({e}); the checkpoint is damaged"
         ) from None
+
+
+# ModelConfig fields `--init-from` lets a run change: none changes a weight's shape except
+# seq_len, whose learned position table is cropped or extended (new rows keep their fresh init)
+INIT_FROM_MAY_CHANGE = (
+    "seq_len", "rope_scaling", "rope_factor", "dropout", "attn_backend", "vocab_multiple",
+    "doc_mask", "zero_init_proj",
+)  # fmt: skip
+
+
+def open_init_source(cfg: ModelConfig, tokenizer: Any) -> WeightSource:
+    """The weights `cfg.train.init_from` names, checked against the run: the architecture must be
+    the source's (but for INIT_FROM_MAY_CHANGE) and the data tokenized as the source was."""
+    spec = cfg.train.init_from
+    source = open_weights(spec)
+    ours, theirs = to_dict(cfg.model), to_dict(source.cfg)
+    changed = [k for k in ours if k not in INIT_FROM_MAY_CHANGE and ours[k] != theirs[k]]
+    if "vocab_size" in changed:
+        raise ConfigError(
+            f"--init-from {spec}: the data's tokenizer has {cfg.model.vocab_size} ids but the "
+            f"source model {source.cfg.vocab_size}; prepare the data with the source's "
+            f"tokenizer (--data.tokenizer)"
+        )
+    if changed:
+        k = changed[0]
+        raise ConfigError(
+            f"--init-from {spec} takes the architecture from the source, but model.{k} is "
+            f"{ours[k]!r} here and {theirs[k]!r} there; drop the override (only a longer "
+            "--model.seq_len, with --model.rope_scaling for RoPE, may change; docs/interop.md)"
+        )
+    fingerprint = tokenizer.fingerprint() if tokenizer is not None else None
+    if source.tokenizer is not None and fingerprint != source.tokenizer.fingerprint():
+        raise ConfigError(
+            f"--init-from {spec}: the data is tokenized with {tokenizer.describe()}, but the "
+            f"source model with {source.tokenizer.describe()}; prepare the data with the "
+            "source's tokenizer (--data.tokenizer)"
+        )
+    m, s = cfg.model, source.cfg
+    if m.pos_emb == "rope" and m.seq_len > s.seq_len and m.rope_scaling == "none":
+        log.warning(
+            "warning: the context grows from %d to %d tokens with plain RoPE; positions past "
+            "%d were never trained (--model.rope_scaling linear --model.rope_factor %g "
+            "interpolates them instead)", s.seq_len, m.seq_len, s.seq_len, m.seq_len / s.seq_len
+        )  # fmt: skip
+    return source
+
+
+def _init_tensor(name: str, current: torch.Tensor, source: WeightSource) -> torch.Tensor:
+    """The source's tensor for parameter `name`, fitted to `current` (its full, freshly
+    initialised value): a longer position table keeps the new rows, padded vocab rows are 0."""
+    t = source.read(name).to(current.dtype)
+    if t.shape == current.shape:
+        return t
+    out = current.detach().clone()
+    if name == "wpe.weight":
+        n = min(t.shape[0], out.shape[0])
+        out[:n] = t[:n]
+        return out
+    if name in ("wte.weight", "lm_head.weight"):  # another vocab_multiple: padding rows differ
+        n = source.cfg.vocab_size
+        out.zero_()
+        out[:n] = t[:n]
+        return out
+    raise GptlabError(f"--init-from: {name} has shape {tuple(t.shape)}, not {tuple(out.shape)}")
+
+
+@torch.no_grad()
+def load_init_weights(model: nn.Module, source: WeightSource) -> None:
+    """Copy the source's weights into `model` (plain, DDP-to-be or FSDP-sharded), one tensor at
+    a time for a plain model. Only weights: the optimizer and step start fresh."""
+    missing = [n for n, _ in model.named_parameters() if n not in source.names]
+    if missing:
+        raise GptlabError(f"--init-from {source.path} lacks weights {missing[:3]}")
+    if not isinstance(model, FSDPModule):
+        for name, p in model.named_parameters():
+            p.copy_(_init_tensor(name, p, source))
+        log.info("initialised from %s", source.path)
+        return
+    state = {}
+    for name, p in model.named_parameters():
+        current = p.full_tensor() if isinstance(p, DTensor) else p
+        state[name] = _init_tensor(name, current.cpu(), source)
+    for alias, name in checkpoint.tied_aliases(model).items():
+        state[alias] = state[name]
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    log.info("initialised from %s", source.path)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from gptlab.errors import GptlabError
 from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
-from gptlab.optim.schedule import apply_schedule
+from gptlab.optim.schedule import apply_schedule, schedule_step
 from gptlab.runtime import Runtime
 from gptlab.train import checks, distributed
 from gptlab.train.config import RunConfig
@@ -242,6 +242,7 @@ def _train(
     check_benchmarks(tc, locations.data_dir)  # a missing file fails now, not at the first eval
 
     cfg, data = open_data(cfg, locations, runtime)  # the tokenizer fixes the vocabulary size
+    init = None if resume or not tc.init_from else distributed.open_init_source(cfg, data.tokenizer)
     if stored_cfg is not None:
         checks.check_same_optimizer(stored_cfg, cfg)
         checks.check_same_data(stored_cfg, cfg, data.meta)
@@ -262,6 +263,8 @@ def _train(
     model, wrapped = _build_model(cfg, runtime)
     if resume:
         distributed.load_weights(model, run_dir / "latest")  # into FSDP shards too
+    elif init is not None:  # --init-from: the source's weights, a fresh optimizer and step 0
+        distributed.load_init_weights(model, init)
     optimizer = build_optimizer(
         model.named_parameters(),
         cfg.optim,
@@ -301,8 +304,9 @@ def _train(
         job.metrics.close()
     elapsed = time.perf_counter() - t_start
     best = job.progress.best_val_loss
-    log.info("done: %d steps in %.1fs, best val loss %.4f", tc.max_steps, elapsed, best)
-    return TrainResult(run_dir, tc.max_steps, best, last_val, elapsed, job.metrics.history)
+    steps = job.progress.step  # max_steps, or fewer when the time budget ran out
+    log.info("done: %d steps in %.1fs, best val loss %.4f", steps, elapsed, best)
+    return TrainResult(run_dir, steps, best, last_val, elapsed, job.metrics.history)
 
 
 def _log_plan(job: _Job) -> None:
@@ -334,6 +338,11 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
     last_val = math.nan
     t_log, step_log = time.perf_counter(), p.step
     t_train, eval_s = t_log, 0.0  # time in the step loop, and the part spent evaluating
+    trained_before = p.train_time_s  # optimizer-step seconds of earlier processes (resume)
+
+    def train_time() -> float:  # seconds in optimizer steps, over the whole run
+        return trained_before + time.perf_counter() - t_train - eval_s
+
     job.model.train()
     for step in range(p.step, tc.max_steps):
         B, T, accum = tc.shape_at(step, cfg.model.seq_len, W)
@@ -343,7 +352,11 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             except ValueError as e:  # e.g. a window longer than the data
                 raise GptlabError(f"the stage from step {step}: {e}") from None
             log.info("step %d: micro-batch %d x %d tokens, %d per step", step, B, T, accum)
-        sched = apply_schedule(job.stepper.optimizer, step, tc.max_steps, cfg.optim)
+        p.train_time_s = train_time()
+        if tc.max_seconds and p.train_time_s >= tc.max_seconds:
+            break  # resumed a run whose time budget was already spent
+        at = schedule_step(step, tc.max_steps, p.train_time_s, tc.max_seconds)
+        sched = apply_schedule(job.stepper.optimizer, at, tc.max_steps, cfg.optim)
         with _explain_oom(f"training step {step + 1}", B, T):
             result = job.stepper.step(batches, accum, p.micro_batches, step + 1)
         p.step, p.micro_batches, p.tokens = (
@@ -355,6 +368,8 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             warn("step %d: %s", p.step, warning)
         if on_step is not None:
             on_step(p.step, result.ce)
+        p.train_time_s = train_time()
+        out_of_time = tc.max_seconds > 0 and p.train_time_s >= tc.max_seconds
         if p.step % tc.log_interval == 0:
             now = time.perf_counter()
             dt = (now - t_log) / max(1, p.step - step_log)
@@ -376,12 +391,15 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             }
             job.metrics.record(row)
             log_step(row, tc.max_steps)
-        if p.step % tc.eval_interval == 0 or p.step == tc.max_steps:
+        if p.step % tc.eval_interval == 0 or p.step == tc.max_steps or out_of_time:
             t_eval = time.perf_counter()
-            last_val = _evaluate_and_save(job, t_start, t_eval - t_train - eval_s)
+            last_val = _evaluate_and_save(job, t_start, p.train_time_s)
             eval_time = time.perf_counter() - t_eval  # evaluation and checkpointing
             t_log += eval_time  # kept out of ms/step and train_time_s
             eval_s += eval_time
+        if out_of_time:
+            log.info("time budget of %gs reached at step %d", tc.max_seconds, p.step)
+            break
     return last_val
 
 
