@@ -45,7 +45,7 @@ def decay_start(max_steps: int, cfg: OptimConfig) -> int:
 def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:
     """Learning rate of the AdamW groups at optimizer step `step` (0-based) of a `max_steps` run."""
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)  # a fractional step: <= lr
     if cfg.schedule == "constant":
         return cfg.lr
     start = decay_start(max_steps, cfg)
@@ -82,7 +82,18 @@ def group_peaks(group_name: str, kind: str, cfg: OptimConfig) -> tuple[float, fl
     return lr, 0.0 if group_name == "no_decay" else cfg.weight_decay
 
 
-def apply_schedule(optimizer: Any, step: int, max_steps: int, cfg: OptimConfig) -> dict[str, float]:
+def schedule_step(step: int, max_steps: int, train_time_s: float, max_seconds: float) -> float:
+    """The (fractional) step the schedules are evaluated at: `step` itself, or with a time
+    budget (max_seconds > 0) the point max(step / N, t / max_seconds) N of a max_steps-step run,
+    so warmup and decay finish when the time runs out, whichever budget binds first."""
+    if max_seconds <= 0:
+        return float(step)
+    return max(float(step), min(1.0, train_time_s / max_seconds) * max_steps)
+
+
+def apply_schedule(
+    optimizer: Any, step: float, max_steps: int, cfg: OptimConfig
+) -> dict[str, float]:
     """Set every group's lr, weight_decay (and Muon momentum) for `step`; return them for logging.
 
     Peaks come from `cfg` and the group's name, not from the group dict, so a resumed run

@@ -89,6 +89,7 @@ class Progress:
     best_val_loss: float = math.inf
     micro_batches: int = 0  # micro-batches over all ranks so far (seeds data and dropout)
     tokens: int = 0  # training tokens over all ranks so far
+    train_time_s: float = 0.0  # seconds spent in optimizer steps so far (evals excluded)
 
 
 def restore_progress(
@@ -127,4 +128,5 @@ def restore_progress(
         best_val_loss=state["best_val_loss"],
         micro_batches=state.get("micro_batches", saved_micro),
         tokens=state.get("tokens", saved_micro * B0 * T0),
+        train_time_s=state.get("train_time_s", 0.0),
     )

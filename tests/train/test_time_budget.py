@@ -1,0 +1,98 @@
+"""train.max_seconds: a wall-time budget that stops training (final eval + checkpoint), drives
+the LR schedule, excludes evaluation time and survives resume. A fake clock, advanced one second
+per optimizer step, stands in for the loop's time.perf_counter (only the loop's: the MFU probe
+keeps the real one), so nothing here depends on real timings."""
+
+import dataclasses
+import json
+import types
+
+import pytest
+
+from gptlab.optim.config import OptimConfig
+from gptlab.optim.schedule import lr_at, schedule_step
+from gptlab.runtime import make_runtime
+from gptlab.train import loop
+from gptlab.train.config import TrainConfig
+from gptlab.train.loop import train
+
+
+class FakeClock:
+    """time.perf_counter that only moves when tick() is called (once per step, from on_step)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, step: int, loss: float) -> None:
+        self.now += 1.0
+
+
+def _budgeted(cfg, out_dir, **train_kw):
+    tc = dataclasses.replace(
+        cfg.train, max_steps=1000, max_seconds=7.5, eval_interval=1000, out_dir=str(out_dir)
+    )
+    return dataclasses.replace(cfg, train=dataclasses.replace(tc, **train_kw))
+
+
+def _rows(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_schedule_step_follows_the_budget_that_binds_first():
+    assert schedule_step(10, 100, 999.0, 0.0) == 10.0  # no time budget: the step itself
+    assert schedule_step(10, 100, 5.0, 10.0) == 50.0  # half the time gone: half the schedule
+    assert schedule_step(80, 100, 5.0, 10.0) == 80.0  # steps ahead of time
+    assert schedule_step(10, 100, 50.0, 10.0) == 100.0  # capped at the end of the schedule
+
+
+def test_a_fractional_warmup_step_never_exceeds_the_peak_lr():
+    cfg = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=30)
+    assert lr_at(29.5, 1000, cfg) == pytest.approx(1e-3)
+    assert lr_at(14.0, 1000, cfg) == pytest.approx(1e-3 * 15 / 30)  # integer steps unchanged
+
+
+def test_negative_max_seconds_is_rejected():
+    with pytest.raises(ValueError, match="train.max_seconds"):
+        TrainConfig(max_seconds=-1.0)
+
+
+def test_training_stops_at_the_time_budget_with_a_final_eval(
+    tiny_run, locations, tmp_path, monkeypatch
+):
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock))
+    cfg = _budgeted(tiny_run, tmp_path / "run")
+    result = train(cfg, make_runtime("cpu", "float32"), locations, on_step=clock.tick)
+    assert result.step == 8  # 7 s < 7.5 s after step 7, 8 s after step 8
+    rows = _rows(tmp_path / "run")
+    evals = [r for r in rows if "val_loss" in r]
+    assert [(r["step"], r["train_time_s"]) for r in evals] == [(8, 8.0)]
+    assert (tmp_path / "run" / "latest" / "model.safetensors").is_file()
+    # step index 4 starts after 4 s of 7.5: the schedule is at 4 / 7.5 of 1000 steps
+    logged = next(r for r in rows if r.get("step") == 5 and "lr" in r)
+    assert logged["lr"] == pytest.approx(lr_at(4 / 7.5 * 1000, 1000, cfg.optim))
+
+
+def test_the_time_budget_survives_resume(tiny_run, locations, tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock))
+    cfg = _budgeted(tiny_run, tmp_path / "run", eval_interval=4)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_6(step, loss):
+        clock.tick(step, loss)
+        if step == 6:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, make_runtime("cpu", "float32"), locations, on_step=crash_at_6)
+    clock.now = 5.0  # a new process: its clock starts anywhere
+    result = train(cfg, make_runtime("cpu", "float32"), locations, resume=True, on_step=clock.tick)
+    assert result.step == 8  # 4 s from the checkpoint at step 4, then 4 more steps
+    evals = [r for r in _rows(tmp_path / "run") if "val_loss" in r]
+    assert [(r["step"], r["train_time_s"]) for r in evals] == [(4, 4.0), (8, 8.0)]
