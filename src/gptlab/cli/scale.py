@@ -54,12 +54,12 @@ def run(argv: list[str]) -> int:
         print("\n".join(sweep.plan_table(sweep.plan(spec, out))))
         return 0
     if args.report:
-        from gptlab.ablate.runner import read_results
-
         if not (out / "results.jsonl").is_file():
             raise ConfigError(
                 f"{out} holds no results.jsonl; run the sweep first (without --report)"
             )
+        from gptlab.ablate.runner import read_results
+
         sweep.check_out_dir(spec, out, args.force)
         records = read_results(out)
     else:

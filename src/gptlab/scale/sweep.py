@@ -39,6 +39,7 @@ class SizeRun:
     tokens: int  # planned training tokens
     flops: float
     holdout: bool
+    convention: str  # how params was counted
     config: RunConfig
     run_dir: Path
 
@@ -48,13 +49,11 @@ class SizeRun:
             "depth": self.depth,
             "ratio": self.ratio,
             "params": self.params,
-            "params_convention": self.config_convention,
+            "params_convention": self.convention,
             "tokens_planned": self.tokens,
             "flops": self.flops,
             "holdout": self.holdout,
         }
-
-    config_convention: str = "non_embedding"
 
 
 def variant_name(depth: int, ratio: float) -> str:
@@ -89,7 +88,7 @@ def plan(spec: ScaleSpec, out: Path) -> list[SizeRun]:
                         holdout=depth == spec.holdout,
                         config=dataclasses.replace(cfg, train=train),
                         run_dir=run_dir,
-                        config_convention=spec.auto.params,
+                        convention=spec.auto.params,
                     )
                 )
     return runs
