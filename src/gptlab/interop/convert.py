@@ -39,6 +39,8 @@ class Rule:
     fill: float = 0.0
 
     def their_shapes(self) -> list[tuple[int, ...]]:
+        if not self.theirs:
+            return []
         sizes = self.split or (self.shape[0],)
         shapes = [(n, *self.shape[1:]) for n in sizes]
         return [tuple(reversed(s)) if self.transpose else s for s in shapes]

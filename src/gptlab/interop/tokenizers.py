@@ -145,7 +145,7 @@ def _ranks_and_specials(
     for merge in merges:
         left, right = merge.split(" ") if isinstance(merge, str) else merge
         token = left + right
-        if token not in vocab or vocab[token] <= last or set(token) - chars:
+        if token not in vocab or vocab[token] < last or set(token) - chars:
             return None
         last = vocab[token]
         ranks.setdefault(unmap(token), vocab[token])
