@@ -32,7 +32,7 @@ class FakeClock:
 
 def _budgeted(cfg, out_dir, **train_kw):
     tc = dataclasses.replace(
-        cfg.train, max_steps=1000, max_seconds=7.5, eval_interval=1000, out_dir=str(out_dir)
+        cfg.train, max_steps=1000, max_seconds=11.5, eval_interval=1000, out_dir=str(out_dir)
     )
     return dataclasses.replace(cfg, train=dataclasses.replace(tc, **train_kw))
 
@@ -46,6 +46,9 @@ def test_schedule_step_follows_the_budget_that_binds_first():
     assert schedule_step(10, 100, 5.0, 10.0) == 50.0  # half the time gone: half the schedule
     assert schedule_step(80, 100, 5.0, 10.0) == 80.0  # steps ahead of time
     assert schedule_step(10, 100, 50.0, 10.0) == 100.0  # capped at the end of the schedule
+    # warmup counts steps; after it the decay's progress is the fraction of the time spent
+    assert schedule_step(3, 100, 9.0, 10.0, warmup_steps=10) == 3.0
+    assert schedule_step(12, 100, 5.0, 10.0, warmup_steps=10) == 10 + 0.5 * 90
 
 
 def test_a_fractional_warmup_step_never_exceeds_the_peak_lr():
@@ -66,14 +69,16 @@ def test_training_stops_at_the_time_budget_with_a_final_eval(
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock))
     cfg = _budgeted(tiny_run, tmp_path / "run")
     result = train(cfg, make_runtime("cpu", "float32"), locations, on_step=clock.tick)
-    assert result.step == 8  # 7 s < 7.5 s after step 7, 8 s after step 8
+    assert result.step == 12  # 11 s < 11.5 s after step 11, 12 s after step 12
     rows = _rows(tmp_path / "run")
     evals = [r for r in rows if "val_loss" in r]
-    assert [(r["step"], r["train_time_s"]) for r in evals] == [(8, 8.0)]
+    assert [(r["step"], r["train_time_s"]) for r in evals] == [(12, 12.0)]
     assert (tmp_path / "run" / "latest" / "model.safetensors").is_file()
-    # step index 4 starts after 4 s of 7.5: the schedule is at 4 / 7.5 of 1000 steps
-    logged = next(r for r in rows if r.get("step") == 5 and "lr" in r)
-    assert logged["lr"] == pytest.approx(lr_at(4 / 7.5 * 1000, 1000, cfg.optim))
+    W = cfg.optim.warmup_steps  # 5: steps 0-4 warm up by step count
+    logged = {r["step"]: r["lr"] for r in rows if "lr" in r}  # a row logs the step before it
+    assert logged[5] == pytest.approx(lr_at(4, 1000, cfg.optim))
+    # step index 9 starts after 9 s of 11.5: the decay is 9 / 11.5 of the way through
+    assert logged[10] == pytest.approx(lr_at(W + 9 / 11.5 * (1000 - W), 1000, cfg.optim))
 
 
 def test_the_time_budget_survives_resume(tiny_run, locations, tmp_path, monkeypatch):
@@ -93,6 +98,6 @@ def test_the_time_budget_survives_resume(tiny_run, locations, tmp_path, monkeypa
         train(cfg, make_runtime("cpu", "float32"), locations, on_step=crash_at_6)
     clock.now = 5.0  # a new process: its clock starts anywhere
     result = train(cfg, make_runtime("cpu", "float32"), locations, resume=True, on_step=clock.tick)
-    assert result.step == 8  # 4 s from the checkpoint at step 4, then 4 more steps
+    assert result.step == 12  # 4 s from the checkpoint at step 4, then 8 more steps
     evals = [r for r in _rows(tmp_path / "run") if "val_loss" in r]
-    assert [(r["step"], r["train_time_s"]) for r in evals] == [(4, 4.0), (8, 8.0)]
+    assert [(r["step"], r["train_time_s"]) for r in evals] == [(4, 4.0), (8, 8.0), (12, 12.0)]

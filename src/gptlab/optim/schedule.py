@@ -82,13 +82,18 @@ def group_peaks(group_name: str, kind: str, cfg: OptimConfig) -> tuple[float, fl
     return lr, 0.0 if group_name == "no_decay" else cfg.weight_decay
 
 
-def schedule_step(step: int, max_steps: int, train_time_s: float, max_seconds: float) -> float:
-    """The (fractional) step the schedules are evaluated at: `step` itself, or with a time
-    budget (max_seconds > 0) the point max(step / N, t / max_seconds) N of a max_steps-step run,
-    so warmup and decay finish when the time runs out, whichever budget binds first."""
-    if max_seconds <= 0:
+def schedule_step(
+    step: int, max_steps: int, train_time_s: float, max_seconds: float, warmup_steps: int = 0
+) -> float:
+    """The (fractional) step the schedules are evaluated at. Without a time budget
+    (max_seconds 0) the step itself. With one, warmup still counts steps (it tames the first
+    updates, a count, not a duration); after it the progress through the rest of the schedule
+    is max((step - W) / (N - W), train time / max_seconds), so the decay ends when the time runs
+    out or the steps do, whichever comes first."""
+    if max_seconds <= 0 or step < warmup_steps:
         return float(step)
-    return max(float(step), min(1.0, train_time_s / max_seconds) * max_steps)
+    by_time = warmup_steps + min(1.0, train_time_s / max_seconds) * (max_steps - warmup_steps)
+    return max(float(step), by_time)
 
 
 def apply_schedule(

@@ -22,8 +22,9 @@ class TrainConfig:
     """Optimizer steps to train for; the LR schedule decays over exactly this many."""
     max_seconds: float = 0.0
     """Wall-time budget in seconds of optimizer steps (evaluation excluded; 0: none). The run
-    stops, with a final eval and checkpoint, once it has trained this long, and the LR schedule
-    runs on max(step / max_steps, train time / max_seconds), so it completes at the budget."""
+    stops, with a final eval and checkpoint, once it has trained this long, and after warmup
+    the LR schedule runs on max(step progress, train time / max_seconds), so it completes at
+    the budget (set max_steps high to make time the only budget)."""
     batch_size: int = 64
     """Sequences per micro-batch on each device (the micro-batch size)."""
     grad_accum_steps: int = 1

@@ -355,7 +355,9 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
         p.train_time_s = train_time()
         if tc.max_seconds and p.train_time_s >= tc.max_seconds:
             break  # resumed a run whose time budget was already spent
-        at = schedule_step(step, tc.max_steps, p.train_time_s, tc.max_seconds)
+        at = schedule_step(
+            step, tc.max_steps, p.train_time_s, tc.max_seconds, cfg.optim.warmup_steps
+        )
         sched = apply_schedule(job.stepper.optimizer, at, tc.max_steps, cfg.optim)
         with _explain_oom(f"training step {step + 1}", B, T):
             result = job.stepper.step(batches, accum, p.micro_batches, step + 1)
