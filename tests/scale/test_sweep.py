@@ -1,5 +1,6 @@
 """gptlab scale on the command line: the plan, one-line spec errors, and a tiny sweep end to end."""
 
+import json
 
 import pytest
 import yaml
@@ -43,3 +44,30 @@ def test_bad_spec_is_one_line(cli_env, capsys):
 def test_report_without_results_is_refused(spec_file, capsys):
     assert main(["scale", str(spec_file), "--out", "empty", "--report"]) == 2
     assert "holds no results.jsonl" in capsys.readouterr().err
+
+
+# three runs (two sizes fitted on their evaluations, one held out): each a training process
+@pytest.mark.slow
+def test_sweep_end_to_end_then_report_again(cli_env, text_file, capsys):
+    spec = {**SPEC, "dataset": str(text_file), "depths": [1, 2], "holdout": 3}
+    spec |= {"param_data_ratios": [2.0], "points": "evals", "evals_per_run": 3}
+    spec_file = cli_env / "e2e.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert main(["scale", str(spec_file), "--out", "sweep"]) == 0
+    out = capsys.readouterr().out
+    assert "held out d3-r2: predicted val_loss" in out and "fit: E" in out
+    sweep = cli_env / "sweep"
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["fit"]["n_points"] == 6 and len(summary["holdout"]) == 1
+    assert all(r["status"] == "done" for r in summary["runs"])
+    assert all(h["actual"] > 0 and "error" in h for h in summary["holdout"])
+    records = [json.loads(x) for x in (sweep / "results.jsonl").read_text().splitlines()]
+    assert {r["scale"]["depth"] for r in records} == {1, 2, 3}
+    assert (sweep / "scaling.png").is_file() and (sweep / "report.md").is_file()
+    (sweep / "report.md").unlink()
+    assert main(["scale", str(spec_file), "--out", "sweep", "--report"]) == 0
+    again = json.loads((sweep / "summary.json").read_text())
+    assert again["holdout"] == summary["holdout"] and (sweep / "report.md").is_file()
+    # a rerun trains nothing: every run is done
+    assert main(["scale", str(spec_file), "--out", "sweep"]) == 0
+    assert json.loads((sweep / "summary.json").read_text())["holdout"] == summary["holdout"]

@@ -58,9 +58,9 @@ def run(argv: list[str]) -> int:
             raise ConfigError(
                 f"{out} holds no results.jsonl; run the sweep first (without --report)"
             )
-        from gptlab.ablate.runner import read_results
+        from gptlab.ablate.runner import check_out_dir, read_results
 
-        sweep.check_out_dir(spec, out, args.force)
+        check_out_dir(out, spec.raw, args.force, sweep.SPEC_FILE)
         records = read_results(out)
     else:
         print("\n".join(sweep.plan_table(sweep.plan(spec, out))), flush=True)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gptlab.ablate.runner import PlannedRun, check_out_dir, execute
 from gptlab.config import to_dict
-from gptlab.errors import ConfigError
 from gptlab.scale.auto import derive
 from gptlab.scale.spec import ScaleSpec
 from gptlab.train.config import RunConfig
@@ -94,25 +94,6 @@ def plan(spec: ScaleSpec, out: Path) -> list[SizeRun]:
     return runs
 
 
-def check_out_dir(spec: ScaleSpec, out: Path, force: bool) -> None:
-    """Refuse a folder that holds another spec's sweep (unless force); record this spec."""
-    path = out / SPEC_FILE
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError):
-            stored = None
-        if stored != spec.raw and not force:
-            raise ConfigError(
-                f"{out} holds the results of a different scaling spec ({path}); use another "
-                "--out folder, or --force to add to it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SPEC_FILE}.tmp"
-    tmp.write_text(json.dumps(spec.raw, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def run(
     spec: ScaleSpec,
     out: Path,
@@ -123,9 +104,7 @@ def run(
     on_progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every size of `spec` (skipping finished runs) and return their records."""
-    from gptlab.ablate.runner import PlannedRun, execute
-
-    check_out_dir(spec, out, force)
+    check_out_dir(out, spec.raw, force, SPEC_FILE)
     runs = plan(spec, out)
     info = {(r.variant, r.seed): r.info() for r in runs}
     planned = [
