@@ -63,6 +63,7 @@ def _holdout_rows(
 def _plot(path: Path, result: FitResult, points: list, holdout: list, spec: ScaleSpec) -> None:
     """Loss vs N with the fitted curve of each token budget; the compute-optimal frontier."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    from matplotlib.ticker import NullFormatter
 
     law = result.law
     fig = Figure(figsize=(13, 4.2), layout="constrained")
@@ -111,6 +112,8 @@ def _plot(path: Path, result: FitResult, points: list, holdout: list, spec: Scal
         n_opt, d_opt, l_opt = law.frontier(c_grid)
     except GptlabError:
         n_opt = None
+        ax_opt.text(0.5, 0.5, "no frontier:\nan exponent is 0", ha="center", va="center")
+        ax_opt.set_axis_off()
     if n_opt is not None:
         ax_c.plot(c_grid, l_opt, color="C3", label="compute-optimal L(C)")
         ax_opt.plot(c_grid, n_opt, label="N_opt(C)")
@@ -121,6 +124,8 @@ def _plot(path: Path, result: FitResult, points: list, holdout: list, spec: Scal
         ax_opt.legend(fontsize=8)
     ax_c.set(xscale="log", xlabel="C = 6ND (FLOPs)", ylabel=spec.metric, title="loss vs compute")
     ax_c.legend(fontsize=8)
+    for ax in (ax_n, ax_c):  # label decades only: minor labels overlap on narrow ranges
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.savefig(path.with_name(f".{path.name}.tmp.png"), dpi=110)
     path.with_name(f".{path.name}.tmp.png").replace(path)
 
@@ -167,6 +172,11 @@ def _markdown(spec: ScaleSpec, summary: dict[str, Any]) -> str:
             lines.append(
                 f"Compute-optimal frontier under C = 6ND: N_opt ∝ C^{fe['n_opt']:.3f}, "
                 f"D_opt ∝ C^{fe['d_opt']:.3f}."
+            )
+        else:
+            lines.append(
+                "No compute-optimal frontier: a fitted exponent is 0 (more N or more D never "
+                "helps in this fit); the sizes or token budgets span too little to separate them."
             )
         lines += ["", f"![fit and frontier]({PLOT})", ""]
     lines += [
