@@ -22,6 +22,7 @@ ALLOWED = {
     "infer": {"model", "tokenizer", "checkpoint", "interop"},  # hf:DIR resolved in infer/load
     "interop": {"model", "tokenizer"},
     "serve": {"infer", "checkpoint", "tokenizer"},
+    "ablate": {"train", "eval", "presets", "model"},  # model: FLOPs and parameter counts
     "scale": {"ablate", "train", "eval", "presets", "model"},  # scale -> ablate: sweeps run there
     "model": set(),
     "tokenizer": set(),

@@ -13,6 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The submodule first: importing gptlab.ablate.report later would otherwise replace the
+# report() function below with the module of the same name.
+from gptlab.ablate import report as _report_module
+
 
 def run(
     spec: Any,
@@ -50,6 +54,4 @@ def run(
 def report(out: str | Path) -> dict[str, Any]:
     """Build report.md, report.html (plots embedded) and summary.json in `out` from its
     results.jsonl and the runs' metrics, without training; returns the summary."""
-    from gptlab.ablate.report import build_report
-
-    return build_report(Path(out))
+    return _report_module.build_report(Path(out))

@@ -234,13 +234,13 @@ def prepare_run_dir(p: PlannedRun) -> bool:
     return resume
 
 
-def run_command(cmd: list[str], log_path: str, env: dict[str, str] | None) -> int:
+def run_command(cmd: list[str], log_path: str) -> int:
     """Run one training command with its output appended to `log_path`; its exit status. This
     is what a submitit job executes (a module-level function, so it pickles)."""
     with open(log_path, "a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
 def error_line(log_path: Path, returncode: int) -> str:
@@ -259,11 +259,11 @@ def error_line(log_path: Path, returncode: int) -> str:
 class _LocalSlot:
     """A run in flight as a local subprocess."""
 
-    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None) -> None:
+    def __init__(self, cmd: list[str], log_path: Path) -> None:
         self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in poll)
         self.log.write(f"$ {' '.join(cmd)}\n")
         self.log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def poll(self) -> int | None:
         rc = self.proc.poll()
@@ -283,8 +283,8 @@ class _LocalSlot:
 class _SubmititSlot:
     """A run in flight as a submitit job (SLURM, or submitit's local executor)."""
 
-    def __init__(self, executor: Any, cmd: list[str], log_path: Path, env: Any) -> None:
-        self.job = executor.submit(run_command, cmd, str(log_path), env)
+    def __init__(self, executor: Any, cmd: list[str], log_path: Path) -> None:
+        self.job = executor.submit(run_command, cmd, str(log_path))
 
     def poll(self) -> int | None:
         if not self.job.done():
@@ -350,7 +350,8 @@ def execute(
 ) -> list[dict[str, Any]]:
     """Train every run of `plan` not already done, at most `parallel` at once, appending one
     record per finished or failed run to OUT/results.jsonl; returns one record per run, in
-    plan order. `gpus` > 1 (the CLI counts them) gives each run in flight its own device."""
+    plan order. `gpus` > 1 (the CLI counts them) gives each run in flight its own device
+    (train.device cuda:K for slot K, unless the config names a device)."""
     if parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {parallel}")
     if launcher not in LAUNCHERS:
@@ -397,15 +398,15 @@ def execute(
         )
 
     def start(slot: int, p: PlannedRun) -> None:
+        if gpus > 1 and p.config.train.device in ("auto", "cuda"):  # one device per slot
+            tc = dataclasses.replace(p.config.train, device=f"cuda:{slot % gpus}")
+            p = dataclasses.replace(p, config=dataclasses.replace(p.config, train=tc))
         resume = prepare_run_dir(p)
-        env = None
-        if gpus > 1:  # one device per slot; the child sees it as cuda:0
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot % gpus)}
         cmd, log_path = command(p, resume), p.run_dir / RUN_LOG
         handle = (
-            _LocalSlot(cmd, log_path, env)
+            _LocalSlot(cmd, log_path)
             if executor is None
-            else _SubmititSlot(executor, cmd, log_path, env)
+            else _SubmititSlot(executor, cmd, log_path)
         )
         running[slot] = (p, handle, time.monotonic(), resume)
         log.info("%s seed %d: %s", p.variant, p.seed, "resumed" if resume else "started")
