@@ -121,3 +121,12 @@ def test_bad_settings(kwargs, match):
 def test_depth_zero_is_refused():
     with pytest.raises(ConfigError, match="auto.depth"):
         derive(NANOCHAT, AutoConfig())
+
+
+def test_batch_round_to_a_multiple_of_rows():
+    base = get_preset("shakespeare_char_cpu")  # 32 rows of 64 at the reference depth
+    auto = AutoConfig(depth=6, aspect_ratio=16, head_dim=16, ref_depth=4, batch_round=16)
+    pow2 = derive(base, dataclasses.replace(auto, batch_round=0)).config.train
+    rows = derive(base, auto).config.train
+    assert pow2.batch_size * pow2.grad_accum_steps == 64  # 50.6 rows -> 2^6
+    assert rows.batch_size * rows.grad_accum_steps == 48  # -> 3 x 16

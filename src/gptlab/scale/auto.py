@@ -177,14 +177,19 @@ def derive(base: RunConfig, auto: AutoConfig) -> Derivation:
 
     b_ref = auto.ref_batch_tokens or batch_tokens(base)
     b_pred = b_ref * (tokens / d_ref) ** auto.batch_exponent
-    seqs = 2 ** max(0, round(math.log2(max(b_pred / seq_len, 1.0))))
+    rows = b_pred / seq_len
+    if auto.batch_round:
+        m = auto.batch_round
+        seqs, rounding = max(m, m * round(rows / m)), f"a multiple of {m}"
+    else:
+        seqs, rounding = 2 ** max(0, round(math.log2(max(rows, 1.0)))), "a power of two"
     b = seqs * seq_len
     items.append(
         Derived(
             "batch tokens",
             b,
             f"reference {b_ref:,} at depth {auto.ref_depth} x (tokens / {int(d_ref):,})^"
-            f"{auto.batch_exponent:g} = {b_pred:,.0f}, as a power of two of {seq_len}-token rows",
+            f"{auto.batch_exponent:g} = {b_pred:,.0f}, as {rounding} of {seq_len}-token rows",
         )
     )
     micro = base.train.batch_size

@@ -49,13 +49,16 @@ class AutoConfig:
     """Tokens per step at ref_depth (0: the base config's batch x grad accumulation x seq_len)."""
     batch_exponent: float = 0.383
     """The batch grows as tokens^batch_exponent from the reference (Power Lines: 0.383)."""
+    batch_round: int = 0
+    """Round the batch to a multiple of this many rows (0: to a power of two, as nanochat; a
+    multiple changes the batch in smaller jumps between neighbouring sizes)."""
     lr_batch_exponent: float = 0.5
     """Learning rates scale as (batch / reference batch)^lr_batch_exponent (Adam: 0.5)."""
     lr_width_exponent: float = 0.5
     """AdamW's lr scales as (n_embd / reference n_embd)^-lr_width_exponent (nanochat: 0.5)."""
 
     def __post_init__(self) -> None:
-        for name in ("depth", "vocab", "ref_batch_tokens"):
+        for name in ("depth", "vocab", "ref_batch_tokens", "batch_round"):
             if getattr(self, name) < 0:
                 raise ValueError(f"auto.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("aspect_ratio", "head_dim", "ref_depth"):
