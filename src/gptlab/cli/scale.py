@@ -23,7 +23,7 @@ from gptlab.cli.common import parse, setup_logging
 class ScaleArgs:
     """Sweep model size with one dial, fit a scaling law and check it on a held-out size."""
 
-    spec: Annotated[str, tyro.conf.Positional]
+    spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
     """The sweep spec (YAML or JSON): base, auto settings, depths, holdout, ratios, seeds."""
     out: str
     """Sweep folder: runs/, results.jsonl, report.md, scaling.png, summary.json."""
@@ -45,7 +45,7 @@ def run(argv: list[str]) -> int:
     from gptlab.scale import sweep
     from gptlab.scale.spec import load_spec
 
-    args = parse(ScaleArgs, argv, prog="gptlab scale", use_underscores=True)
+    args = parse(ScaleArgs, argv, prog="gptlab scale")
     if args.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
     setup_logging()
