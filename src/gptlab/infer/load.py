@@ -102,13 +102,22 @@ def open_weights(spec: str | Path, which: str = "best") -> WeightSource:
     if not (path / checkpoint.WEIGHTS).is_file():
         raise GptlabError(f"checkpoint {path} has no {checkpoint.WEIGHTS}")
     source = TensorSource([path / checkpoint.WEIGHTS])
+    names, stored_as = source.names(), {}
+    with torch.device("meta"):
+        aliases = checkpoint.tied_aliases(GPT(cfg))
+    for alias, first in aliases.items():  # a tied matrix may be stored under either name
+        if first not in names and alias in names:
+            stored_as[first] = alias
+    names = (names - set(stored_as.values())) | set(stored_as)
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         try:
             tokenizer = load_saved(path)
         except ValueError as e:
             raise GptlabError(f"{path}: {e}") from None
-    return WeightSource(cfg, source.names(), source.read, tokenizer, config, path)
+    return WeightSource(
+        cfg, names, lambda name: source.read(stored_as.get(name, name)), tokenizer, config, path
+    )
 
 
 def checkpoint_dir(run_dir: Path, which: str = "best") -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,7 +75,8 @@ class TensorSource:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for such files
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours its message
+            first = text.splitlines()[0][:160] if text else type(e).__name__
             raise GptlabError(
                 f"{file} was refused: it is not a plain tensor checkpoint ({first}); gptlab "
                 "never unpickles anything but tensors, convert it to safetensors first"
