@@ -3,6 +3,7 @@ bitwise, greedy decoding and tokenizers agree."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from interop_models import GPT2_FILES, add_gpt2_tokenizer, needs_gpt2_files, tin
 from safetensors.torch import load_file, save_file
 
 from gptlab.infer.load import open_weights
-from gptlab.interop import hf
+from gptlab.interop import gpt2, hf
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 
@@ -49,11 +50,18 @@ def test_gpt2_bare_key_layout_imports_the_same(tmp_path):
     torch.testing.assert_close(_ours_logits(folder, x), expected, atol=0, rtol=0)
 
 
-def test_gpt2_tanh_gelu_is_close_and_noted(tmp_path):
+def test_gpt2_tanh_gelu_imports_as_gelu_tanh_and_round_trips(tmp_path):
+    """The original GPT-2's activation (gelu_new) maps to model.mlp gelu_tanh: fp32 parity,
+    and it exports back as gelu_new."""
     folder = tiny_gpt2(tmp_path / "g", activation_function="gelu_new")
     x = torch.randint(0, 101, (2, 19))
-    assert any("tanh approximation" in n for n in hf.open_hf(folder).notes)
-    torch.testing.assert_close(_ours_logits(folder, x), _hf_logits(folder, x), atol=1e-3, rtol=0)
+    assert hf.open_hf(folder).cfg.mlp == "gelu_tanh"
+    torch.testing.assert_close(_ours_logits(folder, x), _hf_logits(folder, x), atol=1e-5, rtol=1e-5)
+    cfg = hf.open_hf(folder).cfg
+    assert gpt2.refusal(cfg) is None
+    assert gpt2.hf_config(cfg, None, None)["activation_function"] == "gelu_new"
+    plain = dataclasses.replace(cfg, mlp="gelu")
+    assert gpt2.hf_config(plain, None, None)["activation_function"] == "gelu"
 
 
 LLAMAS = {
@@ -259,7 +267,8 @@ def test_sentencepiece_style_tokenizer_is_wrapped(tmp_path):
     behind our interface, encodes as transformers does and survives save/load."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    from gptlab.interop.tokenizers import HFTokenizer, tokenizer_from_hf
+    from gptlab.interop.tokenizers import tokenizer_from_hf
+    from gptlab.tokenizer.hf import HFTokenizer
 
     tk = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),

@@ -130,6 +130,20 @@ def test_ddp_two_ranks_equal_one_rank_accumulating_two(base, locations, tmp_path
 
 
 @pytest.mark.slow
+def test_time_budget_stops_every_rank_at_the_same_step(base, tmp_path):
+    """Under train.max_seconds the ranks agree on the time (the slowest rank's), so they set
+    the same lr and stop after the same step: the job ends (no rank waits in a collective
+    the others left) with one final evaluation and checkpoint."""
+    cfg = _with(base, max_steps=100_000, max_seconds=1.5, eval_interval=100_000)
+    _torchrun(cfg, tmp_path / "timed", tmp_path)
+    evals = _losses(tmp_path / "timed", "val_loss")
+    assert len(evals) == 1
+    (step,) = evals
+    assert 0 < step < 100_000
+    assert checkpoint.load_pt(tmp_path / "timed" / "latest", checkpoint.STATE)["step"] == step
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
 def test_fsdp_equals_one_rank_and_resumes_unsharded(base, locations, tmp_path, optimizer):
     """FSDP2 shards weights, gradients and optimizer state over 2 ranks (Muon gathers each

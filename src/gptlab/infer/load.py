@@ -23,10 +23,10 @@ from gptlab.infer.engine import cast_for_inference
 from gptlab.interop import hf as interop
 from gptlab.interop.convert import import_tensor
 from gptlab.interop.tensors import TensorSource
-from gptlab.interop.tokenizers import load_saved
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.tokenizer.base import Tokenizer
+from gptlab.tokenizer.load import load_tokenizer
 
 HF_PREFIX = "hf:"
 
@@ -112,7 +112,7 @@ def open_weights(spec: str | Path, which: str = "best") -> WeightSource:
     tokenizer = None
     if (path / "tokenizer.json").is_file():
         try:
-            tokenizer = load_saved(path)
+            tokenizer = load_tokenizer(path)
         except ValueError as e:
             raise GptlabError(f"{path}: {e}") from None
     return WeightSource(
@@ -162,7 +162,7 @@ def load_for_inference(
     if not (path / "tokenizer.json").is_file():
         raise GptlabError(f"{path} has no tokenizer.json; it was not written by gptlab train")
     try:
-        tokenizer = load_saved(path)
+        tokenizer = load_tokenizer(path)
     except ValueError as e:
         raise GptlabError(f"{path}: {e}") from None
     _check_vocab(path, tokenizer, model.cfg)

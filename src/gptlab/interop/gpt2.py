@@ -6,9 +6,9 @@ stores (out, in), so every attention and MLP matrix is transposed. And HF checkp
 two key layouts: `transformer.h.0...` (saved from GPT2LMHeadModel) and `h.0...` (from the bare
 GPT2Model, e.g. the original `gpt2` upload); both are read, the first is written.
 
-The original GPT-2 uses the tanh approximation of GELU ("gelu_new"); gptlab's MLP computes the
-exact erf GELU (layers.py; within 1e-3 of it). Importing such a model says so; exports always
-write activation_function "gelu", the exact one, so an exported model computes what ours does.
+The original GPT-2 uses the tanh approximation of GELU ("gelu_new"); such a model imports with
+model.mlp gelu_tanh, which computes exactly that. gptlab's default, model.mlp gelu, is the exact
+erf GELU, exported as activation_function "gelu"; gelu_tanh exports as "gelu_new".
 """
 
 from __future__ import annotations
@@ -30,12 +30,7 @@ def config_from_hf(hf: Any, where: str) -> tuple[ModelConfig, list[str]]:
     """Our ModelConfig for an HF GPT2Config, and notes on anything approximated."""
     notes = []
     act = hf.activation_function
-    if act in TANH_GELU:
-        notes.append(
-            f"{where} uses the tanh approximation of GELU ({act}); gptlab computes the exact "
-            "GELU, which differs by under 1e-3 per activation (logits move slightly)"
-        )
-    elif act not in EXACT_GELU:
+    if act not in EXACT_GELU + TANH_GELU:
         raise ConfigError(
             f"{where}: activation_function {act!r} has no gptlab equivalent (gelu, gelu_new)"
         )
@@ -54,6 +49,7 @@ def config_from_hf(hf: Any, where: str) -> tuple[ModelConfig, list[str]]:
             d_ff=hf.n_inner,
             norm_eps=hf.layer_norm_epsilon,
             tie_embeddings=bool(hf.tie_word_embeddings),
+            mlp="gelu_tanh" if act in TANH_GELU else "gelu",
             bias=True,
             dropout=0.0,
         )
@@ -125,7 +121,7 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
         "n_inner": cfg.ff_width,
-        "activation_function": "gelu",
+        "activation_function": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
         "layer_norm_epsilon": cfg.norm_eps,
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
@@ -140,7 +136,7 @@ def refusal(cfg: ModelConfig) -> str | None:
     """Why `cfg` has no exact GPT2LMHeadModel equivalent, or None if it has one."""
     if cfg.norm != "layernorm":
         return f"model.norm {cfg.norm} (GPT-2 uses LayerNorm)"
-    if cfg.mlp != "gelu":
+    if cfg.mlp not in ("gelu", "gelu_tanh"):
         return f"model.mlp {cfg.mlp} with learned positions (GPT-2 has a GELU MLP)"
     if cfg.kv_heads != cfg.n_head:
         return "grouped-query attention (model.n_kv_head) with learned positions"

@@ -17,7 +17,7 @@ from typing import Literal
 PosEmb = Literal["learned", "rope", "none", "alibi"]
 RopeScaling = Literal["none", "linear", "yarn"]
 Norm = Literal["layernorm", "rmsnorm"]
-MlpKind = Literal["gelu", "swiglu", "relu2"]
+MlpKind = Literal["gelu", "gelu_tanh", "swiglu", "relu2"]
 AttnBackend = Literal["sdpa", "math", "flex"]
 
 
@@ -141,7 +141,9 @@ class ModelConfig:
 
     # --- MLP
     mlp: MlpKind = "gelu"
-    """Feed-forward kind: GELU (GPT-2), SwiGLU (LLaMA) or squared ReLU (Primer, modded-nanogpt)."""
+    """Feed-forward kind: GELU (exact, erf), gelu_tanh (GELU's tanh approximation, as the
+    original GPT-2 weights were trained with), SwiGLU (LLaMA) or squared ReLU (Primer,
+    modded-nanogpt)."""
     d_ff: int | None = None
     """MLP hidden width; None = 4C for gelu/relu2 and 8/3*C (rounded to 32) for swiglu, which
     keeps the parameter count about equal."""

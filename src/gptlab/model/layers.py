@@ -37,8 +37,18 @@ class GeluMLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, d_ff, bias=cfg.bias)
         self.proj = nn.Linear(d_ff, cfg.n_embd, bias=cfg.bias)
 
+    approximate = "none"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))  # (B, T, C) -> (B, T, d_ff) -> (B, T, C)
+        h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, C) -> (B, T, d_ff)
+        return self.proj(h)  # (B, T, C)
+
+
+class GeluTanhMLP(GeluMLP):
+    """GELU's tanh approximation, as the original GPT-2 computes it (HF "gelu_new"): for
+    imported GPT-2 weights, whose logits then match transformers' exactly."""
+
+    approximate = "tanh"
 
 
 class Relu2MLP(GeluMLP):
@@ -64,7 +74,12 @@ class SwiGLUMLP(nn.Module):
         return self.proj(F.silu(gate) * up)  # (B, T, C)
 
 
-MLPS: dict[str, type[nn.Module]] = {"gelu": GeluMLP, "relu2": Relu2MLP, "swiglu": SwiGLUMLP}
+MLPS: dict[str, type[nn.Module]] = {
+    "gelu": GeluMLP,
+    "gelu_tanh": GeluTanhMLP,
+    "relu2": Relu2MLP,
+    "swiglu": SwiGLUMLP,
+}
 
 
 def make_dropout(p: float) -> nn.Module:

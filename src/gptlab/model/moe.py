@@ -101,7 +101,7 @@ class MoE(nn.Module):
         elif self.cfg.mlp == "relu2":
             h = F.relu(h).square()
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate="tanh" if self.cfg.mlp == "gelu_tanh" else "none")
         out = torch.bmm(h, self.w_out)  # (E, cap, d) @ (E, d, C) -> (E, cap, C)
         return out + self.b_out[:, None] if hasattr(self, "b_out") else out
 

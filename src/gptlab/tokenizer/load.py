@@ -14,9 +14,10 @@ from gptlab.errors import GptlabError
 from gptlab.tokenizer.base import Tokenizer, read_config
 from gptlab.tokenizer.bpe import BPETokenizer
 from gptlab.tokenizer.char import CharTokenizer
+from gptlab.tokenizer.hf import HFTokenizer
 from gptlab.tokenizer.pretrained import PRETRAINED, load_pretrained
 
-LOADERS = {"char": CharTokenizer.load, "bpe": BPETokenizer.load}
+LOADERS = {"char": CharTokenizer.load, "bpe": BPETokenizer.load, "hf": HFTokenizer.load}
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

@@ -326,6 +326,13 @@ def _log_plan(job: _Job) -> None:
     log.info("memory estimate per device: %s", memory_plan(cfg, rt, counts.total, model=job.model))
 
 
+def _slowest(seconds: float, runtime: Runtime) -> float:
+    """The largest of every rank's `seconds` (one tiny all-reduce)."""
+    t = torch.tensor([seconds], dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.item()
+
+
 def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] | None) -> float:
     """Optimizer steps from the job's progress to max_steps; returns the last val loss."""
     cfg, rt, p = job.cfg, job.runtime, job.progress
@@ -341,7 +348,10 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
     trained_before = p.train_time_s  # optimizer-step seconds of earlier processes (resume)
 
     def train_time() -> float:  # seconds in optimizer steps, over the whole run
-        return trained_before + time.perf_counter() - t_train - eval_s
+        seconds = trained_before + time.perf_counter() - t_train - eval_s
+        if tc.max_seconds and rt.distributed:  # ranks' clocks differ: all take the slowest's,
+            seconds = _slowest(seconds, rt)  # so they set the same lr and stop at the same step
+        return seconds
 
     job.model.train()
     for step in range(p.step, tc.max_steps):
@@ -392,7 +402,7 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
                 **extra_metrics(result.stats),
             }
             job.metrics.record(row)
-            log_step(row, tc.max_steps)
+            log_step(row, tc.max_steps, p.train_time_s, tc.max_seconds)
         if p.step % tc.eval_interval == 0 or p.step == tc.max_steps or out_of_time:
             t_eval = time.perf_counter()
             last_val = _evaluate_and_save(job, t_start, p.train_time_s)

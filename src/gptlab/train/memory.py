@@ -70,7 +70,7 @@ def activation_elements_per_token(cfg: ModelConfig) -> tuple[float, float]:
         attn += C + kv
     if cfg.pos_emb == "rope":
         attn += C + kv  # rotated copies of q and k
-    mlp_hidden = {"gelu": 2 * ff, "relu2": 3 * ff, "swiglu": 4 * ff}[cfg.mlp]
+    mlp_hidden = {"gelu": 2 * ff, "gelu_tanh": 2 * ff, "relu2": 3 * ff, "swiglu": 4 * ff}[cfg.mlp]
     mlp = C + C + k * mlp_hidden  # norm in, fc in, hidden activations (per active expert)
     if cfg.moe.n_experts:  # router logits and probabilities, dispatched copies in and out
         mlp += 2 * cfg.moe.n_experts + k * 3 * C

@@ -63,15 +63,22 @@ class MetricsLog:
         close_loggers(self.sinks)
 
 
-def log_step(row: dict[str, Any], max_steps: int) -> None:
-    """The console line of a training-log row."""
+def log_step(row: dict[str, Any], max_steps: int, train_time_s: float = 0, max_seconds: float = 0):
+    """The console line of a training-log row. Under a time budget (max_seconds), progress and
+    ETA are by training time, which ends the run, not by steps."""
     done = row["step"]
+    if max_seconds:
+        goal, fraction = f"{max_seconds:g}s", min(1.0, train_time_s / max_seconds)
+        eta = max(0.0, max_seconds - train_time_s)
+    else:
+        goal, fraction = str(max_steps), done / max_steps
+        eta = (max_steps - done) * row["ms_per_step"] / 1e3
     log.info(
-        "step %5d/%d (%3.0f%%) | loss %.4f | lr %.2e | gnorm %.3f | %.1f ms/step | "
+        "step %5d/%s (%3.0f%%) | loss %.4f | lr %.2e | gnorm %.3f | %.1f ms/step | "
         "%.0f tok/s | mfu %.1f%% | elapsed %.0fs, eta %.0fs",
         done,
-        max_steps,
-        100 * done / max_steps,
+        goal,
+        100 * fraction,
         row["train_loss"],
         row["lr"],
         row["grad_norm"],
@@ -79,7 +86,7 @@ def log_step(row: dict[str, Any], max_steps: int) -> None:
         row["tokens_per_s"],
         100 * row["mfu"],
         row["elapsed_s"],
-        (max_steps - done) * row["ms_per_step"] / 1e3,
+        eta,
     )
 
 
