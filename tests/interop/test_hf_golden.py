@@ -235,6 +235,28 @@ def test_greedy_sample_matches_transformers_generate(cli_env, capsys):
     assert tok.decode(out[0, 1:]) == ours
 
 
+@needs_gpt2_files
+def test_eval_takes_an_hf_folder_and_scores_it_like_the_imported_run(cli_env):
+    """`gptlab eval hf:DIR` converts on the fly: the same perplexity as the imported run."""
+    from gptlab.cli.main import main
+
+    folder = tiny_gpt2(cli_env / "g", vocab=50257)
+    add_gpt2_tokenizer(folder)
+    assert main(["import", str(folder), "--out", "run"]) == 0
+    text = cli_env / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    results = {}
+    for target in ("run", f"hf:{folder}"):
+        out = cli_env / f"{len(results)}.json"
+        assert main(["eval", target, "--tasks", f"ppl:{text}", "--out", str(out)]) == 0
+        results[target] = json.loads(out.read_text())
+    ours, theirs = (r["tasks"][f"ppl:{text}"] for r in results.values())
+    assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-6)
+    assert theirs["n"] == ours["n"] > 0
+    # scored as lm-evaluation-harness scores GPT-2: no BOS, whether imported or on the fly
+    assert [r["settings"]["bos"] for r in results.values()] == [False, False]
+
+
 TRICKY = "Héllo  wörld!\n\n\tcafé 123456 don't DON'T 🤖🤖 <|endoftext|> x  \u00a0 ¿qué? 中文"
 
 

@@ -24,12 +24,15 @@ import tyro
 
 from gptlab import checkpoint
 from gptlab.cli.common import UsageError, locations, parse, setup_logging
+from gptlab.config import from_dict
 from gptlab.errors import GptlabError
 from gptlab.eval.api import EvalReport, run_tasks
 from gptlab.eval.tasks import ALL, BENCHMARKS, parse_tasks
 from gptlab.eval.tasks.val import open_val_split
 from gptlab.infer.load import Loaded, load_for_inference
+from gptlab.interop import hf as interop
 from gptlab.model.accounting import count_params
+from gptlab.model.config import ModelConfig
 from gptlab.runtime import DTYPES, keep_freed_host_memory, pick_compute_dtype, pick_device
 
 log = logging.getLogger(__name__)
@@ -128,9 +131,8 @@ def load_target(spec: str, which: str, device: torch.device) -> Target:
             "tokenizer": loaded.tokenizer.describe(),
             "tokenizer_fingerprint": loaded.tokenizer.fingerprint(),
         }
-        # as lm-evaluation-harness's hf backend: GPT-2 tokenizers add no BOS, Llama-style ones do
-        gpt2_like = loaded.config["model"].get("pos_emb") == "learned"
-        return Target(loaded, identity, not gpt2_like and loaded.tokenizer.bos_id is not None)
+        model_cfg = from_dict(ModelConfig, loaded.config["model"])
+        return Target(loaded, identity, interop.scores_with_bos(model_cfg, loaded.tokenizer))
     path = Path(spec)
     if not path.exists():
         raise GptlabError(
@@ -163,7 +165,18 @@ def load_target(spec: str, which: str, device: torch.device) -> Target:
         "tokenizer": loaded.tokenizer.describe(),
         "tokenizer_fingerprint": loaded.tokenizer.fingerprint(),
     }
-    return Target(loaded, identity, None)
+    return Target(loaded, identity, _imported_bos(run_dir or loaded.path.parent))
+
+
+def _imported_bos(run_dir: Path) -> bool | None:
+    """The BOS rule of an HF model that `gptlab import` made into this run (the same as its
+    hf:DIR gets), or None for a run gptlab trained (its tokenizer decides)."""
+    try:
+        doc = json.loads((run_dir / interop.IMPORTED).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = doc.get("scores_with_bos") if isinstance(doc, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def _hf_config(path: Path) -> bool:

@@ -23,6 +23,7 @@ from gptlab.config import to_dict
 from gptlab.data.config import DataConfig
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.infer.load import HF_PREFIX, open_weights
+from gptlab.interop import hf as interop
 from gptlab.tokenizer.load import resolve_tokenizer
 from gptlab.train.config import RunConfig, TrainConfig
 
@@ -126,6 +127,12 @@ def run(argv: list[str]) -> int:
         for f in latest.iterdir():  # best/ is the same checkpoint: hard links, no extra disk
             os.link(f, best / f.name)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        provenance = {
+            "source": str(args.source),
+            "folder": str(folder.resolve()),
+            "scores_with_bos": interop.scores_with_bos(cfg, source.tokenizer),
+        }
+        (tmp / interop.IMPORTED).write_text(json.dumps(provenance, indent=2) + "\n", "utf-8")
 
     write_atomically(out, fill)
     size = (out / "latest" / "model.safetensors").stat().st_size

@@ -159,6 +159,16 @@ def build_model(hf: HFModel, device: torch.device | str = "cpu") -> GPT:
     return model.eval()
 
 
+IMPORTED = "imported.json"  # in a run directory made by `gptlab import`: where it came from
+
+
+def scores_with_bos(cfg: ModelConfig, tokenizer: Tokenizer) -> bool:
+    """Whether benchmarks should put BOS before each context for an HF model, as
+    lm-evaluation-harness's hf backend does: GPT-2-style models (learned positions) get none,
+    Llama-style ones their tokenizer's BOS when it has one."""
+    return cfg.pos_emb != "learned" and tokenizer.bos_id is not None
+
+
 def load_tokenizer(hf: HFModel) -> Tokenizer | None:
     """The folder's own tokenizer, or None if it ships none."""
     return tokenizer_from_hf(hf.folder, hf.bos_id, hf.eos_id)
