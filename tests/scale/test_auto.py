@@ -130,3 +130,9 @@ def test_batch_round_to_a_multiple_of_rows():
     rows = derive(base, auto).config.train
     assert pow2.batch_size * pow2.grad_accum_steps == 64  # 50.6 rows -> 2^6
     assert rows.batch_size * rows.grad_accum_steps == 48  # -> 3 x 16
+
+
+def test_micro_batch_is_the_largest_divisor_up_to_the_base():
+    """A base micro-batch of 12 rows and GPT-2's 512-row batch: 8 rows x 64 micro-batches."""
+    t = derive(get_preset("gpt2"), AutoConfig(depth=12)).config.train
+    assert (t.batch_size, t.grad_accum_steps) == (8, 64)

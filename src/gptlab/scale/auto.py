@@ -192,16 +192,16 @@ def derive(base: RunConfig, auto: AutoConfig) -> Derivation:
             f"{auto.batch_exponent:g} = {b_pred:,.0f}, as {rounding} of {seq_len}-token rows",
         )
     )
-    micro = base.train.batch_size
-    while seqs % micro:  # the base's micro-batch is the memory limit; keep it if it divides
-        micro //= 2
-    micro = min(micro, seqs)
+    # the base's micro-batch is the memory limit: the largest micro-batch up to it that divides
+    # the batch (12 rows and a 512-row batch: 8)
+    micro = max(d for d in range(1, min(base.train.batch_size, seqs) + 1) if seqs % d == 0)
     accum = seqs // micro
     items += [
         Derived(
             "train.batch_size",
             micro,
-            f"the base's micro-batch ({base.train.batch_size}), at most the batch",
+            f"the largest divisor of {seqs} rows up to the base's micro-batch "
+            f"({base.train.batch_size})",
         ),
         Derived("train.grad_accum_steps", accum, f"{seqs} rows per step / {micro} per micro-batch"),
         Derived("train.global_batch_size", 0, "the batch is batch_size x grad_accum_steps"),
