@@ -26,6 +26,7 @@ from pathlib import Path
 
 from gptlab.ablate.runner import cpu_model, execute
 from gptlab.ablate.spec import parse_spec, plan
+from gptlab.cli.launch import forked
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
-        records = execute(plan(spec, out), out, metric="val_loss")
+        records = execute(plan(spec, out), out, metric="val_loss", launch=forked)
     rows = []
     for r in records:
         if r["status"] != "done":

@@ -28,6 +28,7 @@ def run(
     gpus: int = 0,
     on_progress: Callable[[str], None] | None = None,
     write_report: bool = True,
+    launch: Callable[[list[str], Path], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the ablation `spec` (an AblationSpec, a path to its YAML, or its dict) into `out`
     (default: ablations/<name>), skipping finished runs; writes the report; returns the records."""
@@ -45,6 +46,7 @@ def run(
         launcher=launcher,
         on_progress=on_progress,
         gpus=gpus,
+        launch=launch,
     )
     if write_report:
         report(out)

@@ -3,11 +3,10 @@ one record per run in OUT/results.jsonl.
 
 Key decisions:
 - A process per run: a crash, an out-of-memory kill or a NaN in one run cannot take the
-  runner (or the other runs) down; the run is recorded as failed with its error line. Local
-  runs are forked from a fork server that has imported torch and gptlab's trainer once
-  (multiprocessing's "forkserver"), so a run starts in a fraction of a second instead of
-  paying Python's and torch's ~4 s of imports each time; each still is its own fresh process,
-  started with the runner's environment and working directory of that moment.
+  runner (or the other runs) down; the run is recorded as failed with its error line. How a
+  local run starts is a hook (`launch`): by default a fresh `python -m gptlab train`; the CLI
+  passes gptlab.cli.launch.forked, which forks each run from a server that imported torch
+  and the trainer once, saving ~4 s of imports per run.
 - Resumable by construction: a run whose latest record says done (and whose run directory still
   holds its metrics) is skipped; an interrupted one restarts with `--resume` from its latest
   checkpoint, so a killed ablation loses at most one eval interval of each run in flight.
@@ -25,7 +24,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import multiprocessing
 import os
 import platform
 import shutil
@@ -261,59 +259,29 @@ def error_line(log_path: Path, returncode: int) -> str:
     return f"exit status {returncode}: {tail} (log: {log_path})"
 
 
-PRELOAD = ["torch", "gptlab.cli.main", "gptlab.cli.train"]  # what every run imports
-
-
-def _fork_server() -> Any:
-    """The multiprocessing context whose server process imports PRELOAD once; every local run
-    is forked from it (started on first use, shared by all runs of this process)."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
-
-
-def _train_process(argv: list[str], log_path: str, env: dict[str, str], cwd: str) -> None:
-    """The body of one local run, in a process forked from the fork server: the runner's
-    environment and directory at launch, output appended to the run's log, then exactly what
-    `gptlab <argv>` does, its exit status the process's."""
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(fd, 1)  # stdout and stderr (prints, logging, tracebacks) go to the log
-    os.dup2(fd, 2)
-    os.close(fd)
-    from gptlab.cli.main import main
-
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
-
-
 class _LocalSlot:
-    """A run in flight as a local process, forked from the fork server."""
+    """A run in flight as a local subprocess (a fresh interpreter). The CLI launches runs
+    faster, forked from a fork server (gptlab.cli.launch); this is the library's default."""
 
     def __init__(self, cmd: list[str], log_path: Path) -> None:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(f"$ {' '.join(cmd)}\n")
-        argv = cmd[3:]  # [python, -m, gptlab, train, ...] -> [train, ...]
-        args = (argv, str(log_path), dict(os.environ), os.getcwd())
-        self.proc = _fork_server().Process(target=_train_process, args=args, daemon=False)
-        self.proc.start()
+        self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in poll)
+        self.log.write(f"$ {' '.join(cmd)}\n")
+        self.log.flush()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
     def poll(self) -> int | None:
-        if self.proc.is_alive():
-            return None
-        self.proc.join()
-        return self.proc.exitcode
+        rc = self.proc.poll()
+        if rc is not None:
+            self.log.close()
+        return rc
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.join(timeout=30)
-        if self.proc.is_alive():
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.join()
+        self.log.close()
 
 
 class _SubmititSlot:
@@ -383,11 +351,14 @@ def execute(
     on_progress: Callable[[str], None] | None = None,
     extra_record: Callable[[PlannedRun], dict] | None = None,
     gpus: int = 0,
+    launch: Callable[[list[str], Path], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every run of `plan` not already done, at most `parallel` at once, appending one
     record per finished or failed run to OUT/results.jsonl; returns one record per run, in
     plan order. `gpus` > 1 (the CLI counts them) gives each run in flight its own device
-    (train.device cuda:K for slot K, unless the config names a device)."""
+    (train.device cuda:K for slot K, unless the config names a device). `launch(cmd, log_path)`
+    starts a local run and returns a handle with poll() -> exit status or None, and stop()
+    (default: a subprocess running `cmd`)."""
     if parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {parallel}")
     if launcher not in LAUNCHERS:
@@ -440,7 +411,7 @@ def execute(
         resume = prepare_run_dir(p)
         cmd, log_path = command(p, resume), p.run_dir / RUN_LOG
         handle = (
-            _LocalSlot(cmd, log_path)
+            (launch or _LocalSlot)(cmd, log_path)
             if executor is None
             else _SubmititSlot(executor, cmd, log_path)
         )

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import tyro
 
 from gptlab.cli.common import UsageError, parse, setup_logging
+from gptlab.cli.launch import forked
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,6 +111,7 @@ def run(argv: list[str]) -> int:
         force=args.force,
         gpus=gpus,
         on_progress=progress,
+        launch=forked,
     )
     failed = [r for r in records if r["status"] != "done"]
     print(f"report: {out / 'report.md'} and report.html ({len(failed)} of {len(records)} failed)")

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import tyro
 
 from gptlab.cli.common import parse, setup_logging
+from gptlab.cli.launch import forked
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,6 +76,7 @@ def run(argv: list[str]) -> int:
             launcher=args.launcher,
             force=args.force,
             on_progress=progress,
+            launch=forked,
         )
     summary = report_mod.build_report(spec, out, records)
     for row in summary["holdout"]:

@@ -26,6 +26,7 @@ def run(
     launcher: str = "local",
     force: bool = False,
     on_progress: Callable[[str], None] | None = None,
+    launch: Callable[[list[str], Path], Any] | None = None,
 ) -> dict[str, Any]:
     """Train the sweep `spec` (a ScaleSpec, a path to its YAML, or its dict) into `out`,
     skipping finished runs, then fit and write the report; returns the summary."""
@@ -37,7 +38,13 @@ def run(
         spec = parse_spec(spec) if isinstance(spec, dict) else load_spec(spec)
     out = Path(out)
     records = run_sweep(
-        spec, out, parallel=parallel, launcher=launcher, force=force, on_progress=on_progress
+        spec,
+        out,
+        parallel=parallel,
+        launcher=launcher,
+        force=force,
+        on_progress=on_progress,
+        launch=launch,
     )
     return build_report(spec, out, records)
 

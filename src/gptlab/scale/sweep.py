@@ -102,6 +102,7 @@ def run(
     launcher: str = "local",
     force: bool = False,
     on_progress: Callable[[str], None] | None = None,
+    launch: Callable[[list[str], Path], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every size of `spec` (skipping finished runs) and return their records."""
     check_out_dir(out, spec.raw, force, SPEC_FILE)
@@ -118,6 +119,7 @@ def run(
         launcher=launcher,
         on_progress=on_progress,
         extra_record=lambda p: {"scale": info[(p.variant, p.seed)]},
+        launch=launch,
     )
 
 
