@@ -43,7 +43,6 @@ import functools
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +50,7 @@ from pathlib import Path
 import torch
 
 from generate_speed import to_transformers  # the same GPT-2 -> GPT2LMHeadModel copy
+from gptlab.ablate.runner import cpu_model
 from gptlab.eval.api import run_tasks
 from gptlab.eval.tasks.hellaswag import read
 from gptlab.model.config import ModelConfig
@@ -93,16 +93,6 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def model_config(shape: str) -> ModelConfig:

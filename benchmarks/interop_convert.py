@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from gptlab.ablate.runner import cpu_model
 
 # VmHWM (peak resident memory of this process image), not ru_maxrss: Linux carries ru_maxrss
 # across exec, so a child would report its parent's peak (the parent held the HF model)
@@ -38,16 +39,6 @@ CHILD = (
     "print('MAXRSS_KB', hwm, file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def child(args: list[str], cwd: Path) -> tuple[float, float, str]:
