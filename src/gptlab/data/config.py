@@ -57,3 +57,43 @@ class DataConfig:
                 raise ValueError(
                     f"data.doc_separator {self.doc_separator!r} is not a valid regex ({e})"
                 ) from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    """Supervised finetuning on conversations (gptlab sft, docs/finetuning.md): the loss is
+    the next-token cross-entropy on the assistant's tokens only. Off while `data` is empty."""
+
+    data: str = ""
+    """Conversation files, comma-separated: JSON or JSONL rows in the OpenAI `messages`
+    schema, ShareGPT's `conversations` (from/value), or instruction/input/output rows
+    (self-instruct's `instances` too); hf:NAME for a Hugging Face dataset when online."""
+    template: Literal["auto", "special_tokens", "plain"] = "auto"
+    """Chat template: 'auto' takes the tokenizer family's (special_tokens for gptlab BPE
+    tokenizers with reserved chat tokens, plain text otherwise); the run records the one used."""
+    packing: bool = True
+    """Pack whole conversations into full rows with document masking (no cross-attention
+    between them); off: one conversation per row, padded to the longest in the batch."""
+    val_fraction: float = 0.05
+    """Share of the conversations held out for validation (masked loss), at least one."""
+    max_conversations: int = 0
+    """Use only the first this many conversations of the data (0: all)."""
+
+    def __post_init__(self) -> None:
+        if self.template not in ("auto", "special_tokens", "plain"):
+            raise ValueError(
+                f"sft.template {self.template!r} must be auto, special_tokens or plain"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"sft.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_conversations < 0:
+            raise ValueError(
+                f"sft.max_conversations must be >= 0 (0: all), got {self.max_conversations}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.data)
+
+    def paths(self) -> list[str]:
+        return [p.strip() for p in self.data.split(",") if p.strip()]

@@ -308,3 +308,54 @@ class ModelConfig:
     @property
     def mtp_loss_weights(self) -> tuple[float, ...]:
         return self.mtp_weights or (0.3,) * self.mtp_heads
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "mlp_in", "mlp_out")
+LORA_GROUPS = {"attn": ("q", "k", "v", "o"), "mlp": ("mlp_in", "mlp_out")}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021): W x + (alpha / rank) B A x on the targeted linear
+    layers, the base weights frozen (model/lora.py, docs/finetuning.md). rank 0: off."""
+
+    rank: int = 0
+    """Rank r of each adapter (0: no LoRA, train every weight)."""
+    alpha: float = 16.0
+    """Scale numerator: the adapter's output is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during training."""
+    targets: str = "q,v"
+    """Comma-separated layers to adapt: q, k, v (parts of attn.qkv), o (attn.proj), mlp_in
+    (mlp.fc), mlp_out (mlp.proj); 'attn' = q,k,v,o, 'mlp' = mlp_in,mlp_out, 'all' = both."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ValueError(f"lora.rank must be >= 0 (0: off), got {self.rank}")
+        if not self.alpha > 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        self.target_names()  # ValueError on an unknown name
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    def target_names(self) -> tuple[str, ...]:
+        """The targets as LORA_TARGETS names, groups expanded, in LORA_TARGETS order."""
+        names: set[str] = set()
+        for raw in self.targets.split(","):
+            name = raw.strip()
+            if name == "all":
+                names.update(LORA_TARGETS)
+            elif name in LORA_GROUPS:
+                names.update(LORA_GROUPS[name])
+            elif name in LORA_TARGETS:
+                names.add(name)
+            else:
+                raise ValueError(
+                    f"lora.targets: {name!r} names no layer; use any of "
+                    f"{', '.join(LORA_TARGETS)} or attn, mlp, all (comma-separated)"
+                )
+        return tuple(t for t in LORA_TARGETS if t in names)

@@ -10,9 +10,9 @@ import dataclasses
 import functools
 from typing import Literal
 
-from gptlab.data.config import DataConfig
+from gptlab.data.config import DataConfig, SFTConfig
 from gptlab.infer.config import SampleConfig
-from gptlab.model.config import ModelConfig
+from gptlab.model.config import LoRAConfig, ModelConfig
 from gptlab.optim.config import OptimConfig
 
 
@@ -244,6 +244,8 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    sft: SFTConfig = SFTConfig()
+    lora: LoRAConfig = LoRAConfig()
 
     def __post_init__(self) -> None:
         for _, overrides in parse_stages(self.train.stages):
