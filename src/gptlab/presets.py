@@ -229,6 +229,29 @@ def finetune_gpt2_shakespeare() -> RunConfig:
     )
 
 
+def sft() -> RunConfig:
+    """`gptlab sft`'s defaults: chat finetuning with AdamW at a small learning rate (1e-4,
+    decaying to 1e-5) for 300 steps of 16 conversations, evaluating on the held-out ones every
+    50. `--init-from` replaces the model with the source's; the small GPT-2-token shape here
+    is for training on conversations from scratch (docs/finetuning.md)."""
+    return RunConfig(
+        model=ModelConfig(
+            n_layer=4, n_head=4, n_embd=128, seq_len=512, vocab_size=50257, dropout=0.0
+        ),
+        data=_gpt2_tokens(),
+        optim=OptimConfig(lr=1e-4, min_lr=1e-5, warmup_steps=10, weight_decay=0.0),
+        train=TrainConfig(
+            max_steps=300,
+            batch_size=8,
+            grad_accum_steps=2,
+            eval_interval=50,
+            eval_steps=20,
+            log_interval=10,
+            out_dir="runs/sft",
+        ),
+    )
+
+
 def tiny() -> RunConfig:
     """A 2-layer, 32-wide model for tests: trains in a second."""
     return RunConfig(
@@ -261,6 +284,7 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "llama-40m": llama_40m,
     "llama-100m": llama_100m,
     "finetune_gpt2_shakespeare": finetune_gpt2_shakespeare,
+    "sft": sft,
     "tiny": tiny,
 }
 

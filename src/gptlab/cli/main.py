@@ -17,6 +17,7 @@ from gptlab.errors import ConfigError, GptlabError
 VERBS = {
     "prepare": ("gptlab.cli.prepare", "tokenize a corpus once into token shards"),
     "train": ("gptlab.cli.train", "train a model (default: Shakespeare, char-level)"),
+    "sft": ("gptlab.cli.sft", "chat finetuning on conversations (masked loss, LoRA)"),
     "sample": ("gptlab.cli.sample", "generate text from a trained run"),
     "chat": ("gptlab.cli.chat", "talk to a trained run in the terminal"),
     "serve": ("gptlab.cli.serve", "an OpenAI-compatible HTTP API and web chat page"),

@@ -23,7 +23,7 @@ from gptlab import checkpoint
 from gptlab.cli.common import UsageError, locations, parse, setup_logging, torchrun_launch
 from gptlab.config import from_dict, load_file, merge
 from gptlab.errors import ConfigError, GptlabError
-from gptlab.infer.load import open_weights
+from gptlab.infer.load import HF_PREFIX, open_weights
 from gptlab.model.accounting import build_meta, count_params
 from gptlab.presets import get_preset
 from gptlab.runtime import Runtime, close_runtime, make_runtime
@@ -102,6 +102,7 @@ def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
         name, why = _default_preset()
         base, note = get_preset(name), f"no --preset given: using {name} ({why})"
     if known.init_from:
+        known.init_from = absolute_source(known.init_from)  # found again from any directory
         source = open_weights(known.init_from).cfg  # the architecture comes from the source
         base = dataclasses.replace(
             base,
@@ -117,10 +118,12 @@ def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
     default = TrainArgs(preset=known.preset, config=known.config, resume=known.resume, run=base)
     args = parse(TrainArgs, argv, prog="gptlab train", default=default, use_underscores=True)
     if args.init_from:  # the run records where its weights came from
+        init_from = absolute_source(args.init_from)
         args = dataclasses.replace(
             args,
+            init_from=init_from,
             run=dataclasses.replace(
-                args.run, train=dataclasses.replace(args.run.train, init_from=args.init_from)
+                args.run, train=dataclasses.replace(args.run.train, init_from=init_from)
             ),
         )
     return args, note
@@ -161,6 +164,21 @@ def _save_auto(derivation: Derivation, cfg: RunConfig) -> None:
     tmp.replace(run_dir / AUTO_FILE)
 
 
+def absolute_source(spec: str) -> str:
+    """A run directory or hf:DIR as an absolute path, so a run (a LoRA run's checkpoints
+    above all) finds its base again from any working directory."""
+    if spec.startswith(HF_PREFIX):
+        return HF_PREFIX + str(Path(spec[len(HF_PREFIX) :]).expanduser().resolve())
+    return str(Path(spec).expanduser().resolve())
+
+
+def _data_line(cfg: RunConfig) -> str:
+    if not cfg.sft.enabled:
+        return f"  data    {cfg.data.dataset}, tokenizer {cfg.data.tokenizer}"
+    batching = "packed" if cfg.sft.packing else "padded per batch"
+    return f"  data    conversations {cfg.sft.data} ({cfg.sft.template} template, {batching})"
+
+
 def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
@@ -175,13 +193,19 @@ def summary(cfg: RunConfig, runtime: Runtime, note: str) -> list[str]:
     dtype = str(runtime.compute_dtype).removeprefix("torch.")
     ranks = f", {runtime.world_size} processes" if runtime.distributed else ""
     steps = cfg.train.max_steps
+    lora = (
+        [f"  lora    rank {cfg.lora.rank} adapters on {cfg.lora.targets}; the base is frozen"]
+        if cfg.lora.enabled
+        else []
+    )
     return [
         note,
         f"  model   {_count(counts.total)} parameters{active}: {m.n_layer} layers x {m.n_embd} "
         f"wide, {m.n_head} heads, context {m.seq_len}, vocab {m.vocab_size}",
-        f"  data    {cfg.data.dataset}, tokenizer {cfg.data.tokenizer}",
+        _data_line(cfg),
         f"  train   {steps:,} step{'s' if steps != 1 else ''}, {cfg.optim.name} lr "
         f"{cfg.optim.lr:g}",
+        *lora,
         f"  device  {runtime.device}, compute dtype {dtype}{ranks}",
         f"  out     {run_dir} (full config: {run_dir / 'config.json'})",
     ]

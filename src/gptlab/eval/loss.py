@@ -37,7 +37,8 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, float]:
-    """{"loss": mean next-token CE, "bpb": bits per byte (if token_bytes given)} over `batches`,
+    """{"loss": mean next-token CE, "bpb": bits per byte (if token_bytes given)} over `batches`
+    (over the targets that are not -1: a chat model's val loss is over the replies only),
     in eval mode (dropout off); restores the mode. token_bytes: (V,) UTF-8 length of each id.
 
     With `world_size` > 1 (an initialised process group) rank r evaluates batches r, r + W, ...
@@ -62,15 +63,16 @@ def evaluate(
             kw = {"doc_starts": starts[r : r + rows].to(device)} if starts is not None else {}
             with autocast():
                 logits = model(x[r : r + rows], **kw)  # (b, T, V) fp32
+            targets = y[r : r + rows].flatten()  # (b*T,); -1: not scored (chat finetuning)
             ce = F.cross_entropy(
-                logits.float().flatten(0, 1), y[r : r + rows].flatten(), reduction="none"
-            )  # (b*T,)
+                logits.float().flatten(0, 1), targets, ignore_index=-1, reduction="none"
+            )  # (b*T,), 0 where ignored
             ce_sum += weight * ce.sum(dtype=torch.float64)
             if lengths is not None:
-                nb = lengths[y[r : r + rows].flatten()]  # (b*T,)
+                nb = lengths[targets.clamp(min=0)] * (targets >= 0)  # (b*T,)
                 bpb_nats += weight * (ce * (nb > 0)).sum(dtype=torch.float64)
                 n_bytes += weight * nb.sum(dtype=torch.float64)
-        n_tokens += weight * B * T
+            n_tokens += weight * (targets >= 0).sum(dtype=torch.float64)
     model.train(was_training)
     sums = torch.stack([ce_sum, bpb_nats, n_bytes, n_tokens])
     if world_size > 1:

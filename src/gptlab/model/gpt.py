@@ -39,9 +39,19 @@ from gptlab.model.layers import (
 from gptlab.model.moe import MoE
 
 Stats = dict[str, torch.Tensor]
+IGNORE = -1  # a target the loss skips (chat finetuning masks everything but the replies)
 
 # parameters that write into the residual stream: scaled (or zeroed) at init
 RESIDUAL_OUTPUTS = ("attn.proj.weight", "mlp.proj.weight", "mlp.w_out", "shared.proj.weight")
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (N, V) over the targets (N,) that are not IGNORE (-1):
+    chat finetuning sets the targets it does not train on (prompts, padding) to -1. With no
+    target left the loss is 0 with zero gradients, never NaN (the training step skips such
+    batches; train/step.py)."""
+    total = F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
+    return total / (targets != IGNORE).sum().clamp(min=1)
 
 
 class Block(nn.Module):
@@ -223,7 +233,7 @@ class GPT(nn.Module):
         if targets is None:
             return logits
 
-        ce = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        ce = masked_cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         loss, out = ce, {"ce": ce.detach()}
         for i, (head, weight) in enumerate(
             zip(self.mtp, cfg.mtp_loss_weights, strict=True), start=1
@@ -232,7 +242,8 @@ class GPT(nn.Module):
                 break
             # head i predicts token t+1+i, i.e. targets[t+i], for the positions that have one
             ahead = self.logits(head(x, ctx))[:, : T - i]  # (B, T-i, V)
-            ce_i = F.cross_entropy(ahead.reshape(-1, ahead.size(-1)), targets[:, i:].reshape(-1))
+            ahead_targets = targets[:, i:].reshape(-1)  # (B*(T-i),)
+            ce_i = masked_cross_entropy(ahead.reshape(-1, ahead.size(-1)), ahead_targets)
             loss = loss + weight * ce_i
             out[f"mtp_ce_{i}"] = ce_i.detach()
         if moe_stats:

@@ -133,9 +133,18 @@ def init_shards(model: GPT) -> None:
     model.init_buffers()
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path, adapters_only: bool = False) -> None:
     """Load a checkpoint's full weights into `model`, plain or sharded by FSDP (each rank reads
-    the whole file and keeps its shards). Call it on every rank."""
+    the whole file and keeps its shards). Call it on every rank. `adapters_only`: the
+    checkpoint of a LoRA run holds only the adapters; the base is already loaded."""
+    if adapters_only:
+        from gptlab.model.lora import load_adapter_state  # TEMP lazy until model/lora.py lands
+
+        try:
+            load_adapter_state(model, checkpoint.read_weights(path))
+        except ValueError as e:
+            raise GptlabError(f"{Path(path) / checkpoint.WEIGHTS}: {e}") from None
+        return
     if not isinstance(model, FSDPModule):
         checkpoint.load_weights(model, path)
         return
@@ -223,11 +232,12 @@ def _init_tensor(name: str, current: torch.Tensor, source: WeightSource) -> torc
 def load_init_weights(model: nn.Module, source: WeightSource) -> None:
     """Copy the source's weights into `model` (plain, DDP-to-be or FSDP-sharded), one tensor at
     a time for a plain model. Only weights: the optimizer and step start fresh."""
-    missing = [n for n, _ in model.named_parameters() if n not in source.names]
+    base = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]  # LoRA: fresh
+    missing = [n for n, _ in base if n not in source.names]
     if missing:
         raise GptlabError(f"--init-from {source.path} lacks weights {missing[:3]}")
     if not isinstance(model, FSDPModule):
-        for name, p in model.named_parameters():
+        for name, p in base:
             p.copy_(_init_tensor(name, p, source))
         log.info("initialised from %s", source.path)
         return
@@ -261,6 +271,14 @@ def mean_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= runtime.world_size
+    return value
+
+
+def sum_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The sum of a tensor over all ranks, on the run's device (the tensor for one process)."""
+    if runtime.distributed:
+        value = value.to(runtime.device, copy=True)
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
 
 

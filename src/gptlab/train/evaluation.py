@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gptlab.data.loader import fixed_batches
-from gptlab.data.shards import TokenShards
+from gptlab.data.loader import Batch
 from gptlab.eval.api import evaluate as evaluate_tasks
 from gptlab.eval.loss import evaluate
 from gptlab.eval.tasks import check_data, parse_tasks
@@ -42,21 +41,14 @@ class PeriodicEval:
 
     def __init__(
         self,
-        splits: dict[str, TokenShards],
+        batches: dict[str, list[Batch]],  # the fixed batches of each split (train/inputs.py)
         tc: TrainConfig,
-        seq_len: int,
-        with_doc_starts: bool,
         token_bytes: torch.Tensor,  # (V,) UTF-8 bytes of each token, for bits per byte
         runtime: Runtime,
         tokenizer: Tokenizer | None = None,
         data_dir: Path | None = None,  # where the benchmarks' files are (GPTLAB_DATA_DIR)
     ) -> None:
-        self.batches = {  # document starts only for doc_mask models
-            split: fixed_batches(
-                data, tc.eval_steps, tc.batch_size, seq_len, tc.seed + k, with_doc_starts
-            )
-            for k, (split, data) in enumerate(splits.items(), start=1)
-        }
+        self.batches = batches
         self.token_bytes, self.runtime = token_bytes, runtime
         self.tasks, self.tasks_limit = tc.eval_tasks, tc.eval_tasks_limit
         self.tokenizer, self.data_dirs = tokenizer, (data_dir,) if data_dir else ()

@@ -37,11 +37,11 @@ from gptlab.model.gpt import GPT
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import apply_schedule, schedule_step
 from gptlab.runtime import Runtime
-from gptlab.train import checks, distributed
+from gptlab.train import adapters, checks, distributed
 from gptlab.train.config import RunConfig
 from gptlab.train.evaluation import PeriodicEval, check_benchmarks
 from gptlab.train.health import HealthMonitor, peak_flops, peak_memory_gb
-from gptlab.train.inputs import RunData, open_data, train_loader
+from gptlab.train.inputs import RunData, eval_batches, loader_kind, open_data, train_loader
 from gptlab.train.lock import hold_run_dir
 from gptlab.train.memory import enable_activation_checkpointing, memory_plan
 from gptlab.train.metrics import METRICS, MetricsLog, log_eval, log_step
@@ -109,6 +109,8 @@ def _build_model(cfg: RunConfig, runtime: Runtime) -> tuple[GPT, nn.Module]:
     fsdp = runtime.distributed and tc.strategy == "fsdp"
 
     def before_wrap(model: GPT) -> None:
+        if cfg.lora.enabled:  # adapters before DDP, so it registers only them as trained
+            adapters.add_adapters(model, cfg)
         if tc.activation_checkpointing:
             enable_activation_checkpointing(model)
         if tc.compile and (fsdp or tc.compile_scope == "blocks"):
@@ -134,6 +136,7 @@ class _Job:
     metrics: MetricsLog
     progress: Progress
     config_dict: dict[str, Any]
+    lora_base: Path | None = None  # a LoRA run's lora_base.json, copied into each checkpoint
 
     @property
     def run_dir(self) -> Path:
@@ -144,6 +147,10 @@ class _Job:
         gathers shards); then rank 0 writes."""
         rt, tc, p, s = self.runtime, self.cfg.train, self.progress, self.stepper
         weights = distributed.full_model_state(self.model)
+        extra = {n: self.data.data_dir / n for n in self.data.tokenizer_files}
+        if self.lora_base is not None:  # a LoRA checkpoint holds the adapters only
+            weights = adapters.adapter_weights(self.model)
+            extra[adapters.LORA_BASE] = self.lora_base
         opt_state = distributed.full_optimizer_state(self.model, s.optimizer)
         rng = distributed.gather_objects(rng_state(rt), rt)
         loader_states = distributed.gather_objects(self.loader.state_dict(), rt)
@@ -162,11 +169,12 @@ class _Job:
                         tc, p.step - 1, self.cfg.model.seq_len, rt.world_size
                     ),
                     "rng": rng,  # one entry per rank
-                    "loader": {"kind": self.cfg.data.loader, "ranks": loader_states},
+                    "loader": {"kind": loader_kind(self.cfg), "ranks": loader_states},
                     "scaler": s.scaler.state_dict(),
                     "health": s.health.state_dict(),
+                    "empty_steps": s.empty_steps,
                 },
-                extra_files={n: self.data.data_dir / n for n in self.data.tokenizer_files},
+                extra_files=extra,
             )
             if name == "latest" and tc.keep_checkpoints > 1:
                 checkpoint.snapshot(self.run_dir, "latest", p.step, tc.keep_checkpoints)
@@ -188,7 +196,8 @@ def _restore(
         raise GptlabError(f"optimizer state in {ckpt} does not fit this model ({e})") from None
     s.scaler.load_state_dict(state["scaler"])
     s.health.load_state_dict(state.get("health", {}))
-    restore_loader(loader, state, cfg.data.loader, rt)
+    s.empty_steps = state.get("empty_steps", 0)
+    restore_loader(loader, state, loader_kind(cfg), rt)
     rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
     if len(rng) == rt.world_size:  # each rank's own generators; micro-batches reseed anyway
         set_rng_state(rng[rt.rank], rt)
@@ -215,6 +224,7 @@ def train(
     step (tests use it to simulate a crash).
     """
     checks.check_parallel(cfg, runtime)
+    adapters.check_lora(cfg, runtime)
     with hold_run_dir(Path(cfg.train.out_dir), runtime):  # one trainer per run directory
         return _train(cfg, runtime, locations, resume, on_step, on_start)
 
@@ -241,8 +251,11 @@ def _train(
         checks.check_fresh_run_dir(run_dir)
     check_benchmarks(tc, locations.data_dir)  # a missing file fails now, not at the first eval
 
-    cfg, data = open_data(cfg, locations, runtime)  # the tokenizer fixes the vocabulary size
-    init = None if resume or not tc.init_from else distributed.open_init_source(cfg, data.tokenizer)
+    cfg, data = open_data(cfg, locations, runtime, resume)  # its tokenizer fixes the vocab size
+    lora = cfg.lora.enabled
+    init = None
+    if tc.init_from and (lora or not resume):  # a LoRA run resumes on its base's weights
+        init = distributed.open_init_source(cfg, data.tokenizer)
     if stored_cfg is not None:
         checks.check_same_optimizer(stored_cfg, cfg)
         checks.check_same_data(stored_cfg, cfg, data.meta)
@@ -251,22 +264,23 @@ def _train(
     if on_start is not None:
         on_start(cfg)
     evaluate = PeriodicEval(
-        data.splits,
+        eval_batches(cfg, data),
         tc,
-        cfg.model.seq_len,
-        cfg.model.doc_mask,
         data.token_bytes,
         runtime,
         tokenizer=data.tokenizer,
         data_dir=locations.data_dir,
     )
+    lora_record = adapters.base_record(cfg) if lora else None
+    if lora and resume:
+        adapters.check_base(checkpoint.resolve(run_dir / "latest"), lora_record)
     model, wrapped = _build_model(cfg, runtime)
-    if resume:
-        distributed.load_weights(model, run_dir / "latest")  # into FSDP shards too
-    elif init is not None:  # --init-from: the source's weights, a fresh optimizer and step 0
+    if init is not None:  # --init-from: the source's weights, a fresh optimizer and step 0
         distributed.load_init_weights(model, init)
+    if resume:  # the checkpoint's weights: all of them, or a LoRA run's adapters
+        distributed.load_weights(model, run_dir / "latest", adapters_only=lora)
     optimizer = build_optimizer(
-        model.named_parameters(),
+        adapters.trainable(model),
         cfg.optim,
         compile_orthogonalize=tc.compile_optimizer,
         # Muon's orthogonalisation in bf16 wherever the run computes in bf16 (fast on CPUs too)
@@ -281,6 +295,7 @@ def _train(
         runtime=runtime,
         grad_clip=cfg.optim.grad_clip,
         seed=tc.seed,
+        masked=cfg.sft.enabled,
     )
     progress = _restore(run_dir / "latest", cfg, runtime, stepper, loader) if resume else Progress()
     config_dict = to_dict(cfg)
@@ -297,6 +312,8 @@ def _train(
         enabled=runtime.is_main_rank,
     )
     job = _Job(cfg, runtime, data, model, stepper, loader, evaluate, metrics, progress, config_dict)
+    if lora_record is not None and runtime.is_main_rank:
+        job.lora_base = adapters.write_base_record(run_dir, lora_record)
     _log_plan(job)
     try:
         last_val = _run_steps(job, t_start, on_step)
@@ -382,7 +399,7 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             on_step(p.step, result.ce)
         p.train_time_s = train_time()
         out_of_time = tc.max_seconds > 0 and p.train_time_s >= tc.max_seconds
-        if p.step % tc.log_interval == 0:
+        if p.step % tc.log_interval == 0 and not result.empty:  # an empty step has no loss
             now = time.perf_counter()
             dt = (now - t_log) / max(1, p.step - step_log)
             t_log, step_log = now, p.step
@@ -399,6 +416,7 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
                 "mfu": train_flops * tokens_per_step / dt / (peak * W),  # per device
                 "peak_mem_gb": peak_memory_gb(rt.device),
                 "skipped_steps": job.stepper.health.skipped_steps,
+                **_chat_metrics(job, result),
                 **extra_metrics(result.stats),
             }
             job.metrics.record(row)
@@ -413,6 +431,13 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             log.info("time budget of %gs reached at step %d", tc.max_seconds, p.step)
             break
     return last_val
+
+
+def _chat_metrics(job: _Job, result: Any) -> dict[str, Any]:
+    """A chat run's supervised targets in the step and its steps skipped for having none."""
+    if not job.cfg.sft.enabled:
+        return {}
+    return {"supervised_tokens": result.targets, "empty_steps": job.stepper.empty_steps}
 
 
 def _evaluate_and_save(job: _Job, t_start: float, train_time_s: float) -> float:
