@@ -111,7 +111,7 @@ def peft_adapter(
             for p in parts:
                 theirs = LLAMA_MODULES[(ours, p.name)]
                 put(f"model.layers.{layer}.{theirs}", own[p.a_name], own[p.b_name])
-                targets.add(theirs)
+                targets.add(theirs.rsplit(".", 1)[-1])  # q_proj, ...: unique in the family
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
