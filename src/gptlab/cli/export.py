@@ -7,7 +7,8 @@ moments (twice the weights for AdamW) and trainer state needed only to resume; t
 
 --format hf: a Hugging Face model folder (config.json, model.safetensors, generation_config.json,
 tokenizer.json, tokenizer_config.json) that `AutoModelForCausalLM.from_pretrained(DIR)` loads
-with no custom code, or a one-line refusal naming the feature transformers has no exact
+with no custom code (a chat-tuned run's template as tokenizer_config.json's `chat_template`),
+or a one-line refusal naming the feature transformers has no exact
 equivalent for (gptlab/interop/hf.py). RUN_DIR may be hf:DIR too (converted on the fly). The
 output is written into a temporary folder and renamed into place: never half-written.
 """
@@ -33,6 +34,7 @@ from gptlab.interop import hf as interop
 from gptlab.interop.tensors import write_safetensors
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
+from gptlab.tokenizer.chat import recorded_template
 
 INFERENCE_FILES = (checkpoint.WEIGHTS, checkpoint.CONFIG)
 
@@ -117,8 +119,11 @@ def run(argv: list[str]) -> int:
                 "equivalent in transformers"
             )
 
+        template = recorded_template(source.config, source.tokenizer) if source.tokenizer else None
+        jinja = template.jinja() if template is not None else None  # a chat-tuned run's
+
         def fill(tmp: Path) -> None:
-            interop.export_hf(source.cfg, source.names, source.read, source.tokenizer, tmp)
+            interop.export_hf(source.cfg, source.names, source.read, source.tokenizer, tmp, jinja)
 
         write_atomically(out, fill)
         size = sum(p.stat().st_size for p in out.iterdir())

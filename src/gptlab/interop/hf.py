@@ -210,9 +210,11 @@ def export_hf(
     read_ours: Callable[[str], torch.Tensor],
     tokenizer: Tokenizer | None,
     out: Path,
+    chat_template: str | None = None,
 ) -> list[str]:
     """Write an HF model folder for our weights into the existing, empty folder `out`; returns
-    the files written. `names` are the tensors our checkpoint holds (checked against the table)."""
+    the files written. `names` are the tensors our checkpoint holds (checked against the table);
+    `chat_template` (Jinja) is a chat-tuned run's, written into tokenizer_config.json."""
     reason = export_refusal(cfg)
     if reason is not None:
         raise ConfigError(
@@ -243,5 +245,5 @@ def export_hf(
     )
     files = ["config.json", "generation_config.json", "model.safetensors"]
     if tokenizer is not None:
-        files += export_tokenizer(tokenizer, out, cfg.seq_len)
+        files += export_tokenizer(tokenizer, out, cfg.seq_len, chat_template)
     return files

@@ -10,7 +10,9 @@ fallback) is wrapped as `HFTokenizer`, which runs HF `tokenizers` behind our int
 
 Export. A BPETokenizer becomes a tokenizer.json: the same regex split, ByteLevel without its own
 regex, vocabulary in GPT-2's byte alphabet, and for each token every split into two tokens as a
-merge, ordered by the token's rank (HF's BPE then merges exactly as tiktoken does).
+merge, ordered by the token's rank (HF's BPE then merges exactly as tiktoken does). A
+chat-tuned run's template goes into tokenizer_config.json as `chat_template`, so
+`apply_chat_template` renders conversations exactly as gptlab's template does.
 """
 
 from __future__ import annotations
@@ -192,8 +194,11 @@ def _char_json(tok: CharTokenizer) -> str:
     return hf.to_str()
 
 
-def export_tokenizer(tok: Tokenizer, out: Path, model_max_length: int) -> list[str]:
-    """Write tokenizer.json and tokenizer_config.json for `tok` into `out`; the file names."""
+def export_tokenizer(
+    tok: Tokenizer, out: Path, model_max_length: int, chat_template: str | None = None
+) -> list[str]:
+    """Write tokenizer.json and tokenizer_config.json for `tok` into `out`; the file names.
+    `chat_template` (Jinja, tokenizer/chat.py) goes into tokenizer_config.json when given."""
     if isinstance(tok, HFTokenizer):
         text = tok.text
     elif isinstance(tok, BPETokenizer):
@@ -214,5 +219,7 @@ def export_tokenizer(tok: Tokenizer, out: Path, model_max_length: int) -> list[s
         spelling = getattr(tok, role)
         if spelling is not None:
             config[f"{role}_token"] = spelling
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
     return [HF_FILE, "tokenizer_config.json"]
