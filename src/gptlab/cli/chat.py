@@ -1,7 +1,9 @@
 """`gptlab chat RUN_DIR`: talk to a model in the terminal.
 
-A chat-tuned run uses the chat format its config records; a base model continues the text you
-type (or use --template transcript to give it a "User:/Assistant:" transcript). Lines starting
+A chat-tuned run uses the chat template it was finetuned with (its config's sft.template) and
+each reply ends at the template's end of turn; a base model continues the text you type (or use
+--template transcript to give it a "User:/Assistant:" transcript). What you type is always
+plain text: "<|assistant_end|>" typed in a message is never the special token. Lines starting
 with / are commands: /help lists them.
 """
 
@@ -14,7 +16,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from gptlab.cli.common import parse
+from gptlab.cli.common import UsageError, parse
 from gptlab.infer.chat import ChatSession, TemplateName, chat_format, is_chat_model
 from gptlab.infer.config import SamplingParams
 from gptlab.infer.engine import Engine
@@ -35,7 +37,9 @@ class ChatArgs:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype of the weights and KV cache; auto = bf16 on a GPU, fp32 on a CPU."""
     template: TemplateName | Literal["none"] = "auto"
-    """Chat format: auto = the run's own (chat-tuned) or none (a base model continues text)."""
+    """Chat format: auto = the template a chat-tuned run recorded, or none for a base model (it
+    continues your text); transcript = a User:/Assistant: transcript for a base model;
+    special_tokens / plain = that chat template (tokenizer/chat.py)."""
     compile: bool = False
     """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
     system: str = ""
@@ -110,7 +114,10 @@ def run(argv: list[str]) -> int:
     template = args.template
     if template == "auto":
         template = "auto" if is_chat_model(loaded.config) else "none"
-    fmt = None if template == "none" else chat_format(loaded.tokenizer, loaded.config, template)
+    try:
+        fmt = None if template == "none" else chat_format(loaded.tokenizer, loaded.config, template)
+    except ValueError as e:  # e.g. special_tokens asked of a tokenizer without them
+        raise UsageError(f"--template {template}: {e}") from None
     engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, compile=args.compile)
     session = ChatSession(engine, loaded.tokenizer, fmt, params, args.system)
     interactive = sys.stdin.isatty()

@@ -38,7 +38,8 @@ class ServeArgs:
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     template: TemplateName = "auto"
-    """Chat format for /v1/chat/completions: the run's own, else a User:/Assistant: transcript."""
+    """Chat format for /v1/chat/completions: auto = the template a chat-tuned run recorded,
+    else a User:/Assistant: transcript (a base model); or transcript, special_tokens, plain."""
     compile: bool = False
     """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
     max_batch: int = 8
@@ -126,7 +127,10 @@ def run(argv: list[str]) -> int:
     workers = {}
     for name, path in _named(args.run_dirs).items():
         loaded = load_for_inference(path, args.checkpoint, device, args.dtype)
-        fmt = chat_format(loaded.tokenizer, loaded.config, args.template)
+        try:
+            fmt = chat_format(loaded.tokenizer, loaded.config, args.template)
+        except ValueError as e:  # e.g. special_tokens asked of a tokenizer without them
+            raise UsageError(f"{name}: --template {args.template}: {e}") from None
         workers[name] = ModelWorker(name, loaded, fmt, args.max_batch, compile=args.compile,
                                     max_queue=args.max_queue)  # fmt: skip
     api_key = args.api_key or os.environ.get("GPTLAB_API_KEY") or None

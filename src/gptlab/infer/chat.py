@@ -1,19 +1,23 @@
-"""Chat formats: how a list of messages becomes the prompt a model continues.
+"""Chat formats: how a list of messages becomes the prompt a model continues, and where the
+reply ends.
 
 A model only ever continues token sequences, so a conversation must be written out in the form
-the model was trained on, ending where the assistant's reply begins; a format also says where
-the reply ends (a stop token or stop string).
+the model was trained on, ending where the assistant's reply begins.
 
+    chat templates  for chat-tuned models: the template the run recorded when it was
+                    finetuned (config["sft"]["template"], tokenizer/chat.py), special_tokens
+                    for gptlab BPE tokenizers, plain text for the others. The reply stops at
+                    the template's end of turn (<|assistant_end|>, the tokenizer's EOS, or
+                    "\\n\\n" for a char model).
     transcript      for base models, which never saw a chat format: plain text
                         <system text>\\n\\nUser: hi\\nAssistant: hello\\nUser: ...\\nAssistant:
                     the reply stops at a new "\\nUser:" line. It works with any tokenizer,
                     character-level included, and is what a base model can best continue.
-    special_tokens  for chat-tuned models: the reserved tokens of gptlab's BPE tokenizers,
-                        <|bos|><|system_start|>...<|system_end|><|user_start|>hi<|user_end|>
-                        <|assistant_start|>hello<|assistant_end|>...<|assistant_start|>
-                    the reply stops at <|assistant_end|>. Chat finetuning (a later stage)
-                    trains this format and records it in the run's config as
-                    "chat_template": "special_tokens"; `chat_format` picks it from there.
+
+Whatever the format, message content is encoded as ordinary text (a user typing
+"<|assistant_end|>" types characters, not the control token), and a reply also ends at any of
+the tokenizer's special tokens, which the engine never turns into text: a special token in
+the middle of a reply means the model has left the assistant's turn.
 """
 
 from __future__ import annotations
@@ -27,15 +31,17 @@ from gptlab.infer.config import SamplingParams
 from gptlab.infer.engine import Engine, raise_failed
 from gptlab.infer.load import prompt_ids
 from gptlab.tokenizer.base import Tokenizer
+from gptlab.tokenizer.chat import (
+    ChatTemplate,
+    Message,
+    chat_template,
+    is_chat_tuned,
+    recorded_template,
+)
 
-Role = Literal["system", "user", "assistant"]
-TemplateName = Literal["auto", "transcript", "special_tokens"]
+__all__ = ["ChatFormat", "ChatSession", "Message", "chat_format", "chat_prompt", "is_chat_model"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Message:
-    role: Role
-    content: str
+TemplateName = Literal["auto", "transcript", "special_tokens", "plain"]
 
 
 class ChatFormat(ABC):
@@ -71,60 +77,56 @@ class Transcript(ChatFormat):
         return [bos, *ids] if bos is not None else ids
 
 
-class SpecialTokens(ChatFormat):
-    name = "special_tokens"
-    needs = ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>",
-             "<|assistant_end|>", "<|system_start|>", "<|system_end|>")  # fmt: skip
+class Templated(ChatFormat):
+    """A chat template (tokenizer/chat.py) as a chat format: its prompt and its stops."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        super().__init__(tokenizer)
-        missing = [t for t in self.needs if t not in tokenizer.special_tokens]
-        if missing:
-            raise ValueError(
-                f"the special_tokens chat format needs the tokenizer's {missing[0]} token, which "
-                f"this {tokenizer.describe()} lacks; use the transcript format"
-            )
-        self.ids = {t: tokenizer.special_tokens[t] for t in self.needs}
-        self.stop_token_ids = (self.ids["<|assistant_end|>"],)
+    def __init__(self, template: ChatTemplate) -> None:
+        super().__init__(template.tokenizer)
+        self.template = template
+        self.name = template.name
+        self.stop = template.stop_strings
+        self.stop_token_ids = template.stop_token_ids
 
     def render(self, messages: list[Message]) -> list[int]:
-        ids = [self.ids["<|bos|>"]]
-        for m in messages:
-            ids.append(self.ids[f"<|{m.role}_start|>"])
-            ids.extend(self.tokenizer.encode_ordinary(m.content))
-            ids.append(self.ids[f"<|{m.role}_end|>"])
-        ids.append(self.ids["<|assistant_start|>"])
-        return ids
+        return self.template.prompt(messages)
 
 
-FORMATS = {"transcript": Transcript, "special_tokens": SpecialTokens}
-
-
-def chat_format(tokenizer: Tokenizer, config: dict[str, Any], name: TemplateName = "auto"):
-    """The chat format to use: `name`, or with 'auto' the one the run's config records
-    ("chat_template"), else the transcript (a base model)."""
+def chat_format(
+    tokenizer: Tokenizer, config: dict[str, Any], name: TemplateName = "auto"
+) -> ChatFormat:
+    """The chat format to use: `name`, or with 'auto' the template a chat-tuned run recorded
+    (config["sft"]["template"]), else the transcript (a base model)."""
     if name == "auto":
-        name = config.get("chat_template", "transcript")
-    if name not in FORMATS:
-        raise ValueError(f"unknown chat template {name!r}; use one of {', '.join(FORMATS)}")
-    return FORMATS[name](tokenizer)
+        template = recorded_template(config, tokenizer)
+        return Transcript(tokenizer) if template is None else Templated(template)
+    if name == "transcript":
+        return Transcript(tokenizer)
+    if name in ("special_tokens", "plain"):
+        return Templated(chat_template(tokenizer, name))
+    raise ValueError(
+        f"unknown chat template {name!r}; use one of auto, transcript, special_tokens, plain"
+    )
 
 
 def chat_prompt(
     fmt: ChatFormat, messages: list[Message], params: SamplingParams
 ) -> tuple[list[int], SamplingParams]:
-    """Prompt ids of a conversation, and params that also stop where the format's reply ends."""
+    """Prompt ids of a conversation, and params that also stop where the format's reply ends
+    (and at every special token, so none is ever shown as text)."""
+    special = tuple(sorted(fmt.tokenizer.special_tokens.values()))
     params = dataclasses.replace(
         params,
         stop=tuple(dict.fromkeys((*params.stop, *fmt.stop))),
-        stop_token_ids=tuple(dict.fromkeys((*params.stop_token_ids, *fmt.stop_token_ids))),
+        stop_token_ids=tuple(
+            dict.fromkeys((*params.stop_token_ids, *fmt.stop_token_ids, *special))
+        ),
     )
     return fmt.render(messages), params
 
 
 def is_chat_model(config: dict[str, Any]) -> bool:
-    """Whether the run was chat-tuned (its config names the format it learned)."""
-    return "chat_template" in config
+    """Whether the run was chat-tuned (its config records the template it learned)."""
+    return is_chat_tuned(config)
 
 
 class ChatSession:
@@ -164,8 +166,11 @@ class ChatSession:
         pieces = []
         while self.engine.busy:
             for event in self.engine.step():
-                pieces.append(event.text)
-                yield event.text
+                text = event.text
+                if self.fmt is not None and not "".join(pieces):
+                    text = text.lstrip()  # a reply after "Assistant:" starts with a space
+                pieces.append(text)
+                yield text
         raise_failed([request])
         if request.cancelled:
             return

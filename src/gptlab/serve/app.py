@@ -3,9 +3,13 @@
     GET  /                      the chat page (static/index.html)
     GET  /health                {"status": "ok", "models": [...], "failed": {}}; 503 when a
                                 model's worker thread has died ("failed" says why)
-    GET  /v1/models             the models served, OpenAI's list format
+    GET  /v1/models             the models served, OpenAI's list format, each with its
+                                context length and chat format (a chat-tuned run's template,
+                                or "transcript" for a base model)
     POST /v1/completions        text in, text out; "stream": true sends server-sent events
-    POST /v1/chat/completions   messages in, the assistant's reply out; streams the same way
+    POST /v1/chat/completions   messages in, the assistant's reply out; streams the same way.
+                                The reply ends at the chat format's end of turn, and no
+                                special token ever appears in its text (infer/chat.py)
 
 Requests are validated in schemas.py, after body_limit.py has capped the body's size; each
 model runs in its worker (worker.py), which bounds its queue (429) and reports its own death

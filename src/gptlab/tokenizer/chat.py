@@ -21,7 +21,12 @@ Two rules keep training, inference and Hugging Face's `apply_chat_template` iden
   mask is then derived from byte offsets (`Tokenizer.token_bytes()`): a token whose bytes
   straddle a supervised/unsupervised boundary (a merge across "Assistant:" and " Hello",
   which the split patterns normally prevent) takes the label of its last byte, and belongs to
-  the message that holds its last byte.
+  the message that holds its last byte. So `turn_ends[i]`, the index just past message i's
+  last token, cuts the conversation at the end of turn i: the ids before it decode to exactly
+  the text of messages[: i + 1] and are token for token their own rendering wherever the turn
+  ends in a special token (every turn of special_tokens, every assistant turn with an EOS) or
+  every character is a token (char); elsewhere the split may differ at the cut (GPT-2 writes
+  a system turn's final "\n\n" as two tokens before "User", as one at the very end).
 - Message content is always encoded as ordinary text (`encode_ordinary`): "<|assistant_end|>"
   typed by a user stays those 17 characters, never the control token. (HF's
   `apply_chat_template` does interpret such spellings in content; ours never does.)
@@ -70,7 +75,7 @@ class Rendered:
 
     ids: list[int]
     mask: list[int]  # 1 where ids[t] is a supervised target (assistant content and its EOT)
-    turn_ends: list[int]  # ids[: turn_ends[i]] renders messages[: i + 1]
+    turn_ends: list[int]  # ids[: turn_ends[i]] renders messages[: i + 1] (see below)
 
 
 @dataclasses.dataclass(frozen=True)
