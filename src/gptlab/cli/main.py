@@ -27,6 +27,7 @@ VERBS = {
     "eval": ("gptlab.cli.eval", "benchmarks, validation loss and perplexity of a trained model"),
     "export": ("gptlab.cli.export", "a run as a weights-only checkpoint or a Hugging Face folder"),
     "import": ("gptlab.cli.hf_import", "a Hugging Face GPT-2 or Llama-family model as a run"),
+    "merge": ("gptlab.cli.merge", "fold a LoRA run's adapters into a plain run directory"),
     "ablate": ("gptlab.cli.ablate", "run variants x seeds; report means, CIs, p-values, plots"),
     "scale": ("gptlab.cli.scale", "sweep model size, fit a scaling law, check a held-out size"),
 }
