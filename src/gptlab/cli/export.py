@@ -1,4 +1,4 @@
-"""`gptlab export RUN_DIR --out DIR [--format gptlab|hf]`: a checkpoint for inference and sharing.
+"""`gptlab export RUN_DIR --out DIR [--format gptlab|hf|peft]`: a checkpoint to share or serve.
 
 --format gptlab (the default): a weights-only copy. A training checkpoint carries optimizer
 moments (twice the weights for AdamW) and trainer state needed only to resume; the export keeps
@@ -11,6 +11,10 @@ with no custom code (a chat-tuned run's template as tokenizer_config.json's `cha
 or a one-line refusal naming the feature transformers has no exact
 equivalent for (gptlab/interop/hf.py). RUN_DIR may be hf:DIR too (converted on the fly). The
 output is written into a temporary folder and renamed into place: never half-written.
+
+--format peft: a LoRA run's adapters as PEFT's adapter_config.json + adapter_model.safetensors,
+named for the architecture `--format hf` writes for its base (gptlab/interop/peft.py), so
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE_HF_DIR), DIR)` loads them.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ import tyro
 from gptlab import checkpoint
 from gptlab.cli.common import parse
 from gptlab.errors import GptlabError
-from gptlab.infer.load import WeightSource, hf_folder, open_weights
+from gptlab.infer.load import WeightSource, hf_folder, is_lora_checkpoint, open_lora, open_weights
 from gptlab.interop import hf as interop
+from gptlab.interop.peft import export_peft
 from gptlab.interop.tensors import write_safetensors
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
@@ -49,8 +54,9 @@ class ExportArgs:
     """Directory to write; must not exist yet (nothing is ever overwritten)."""
     checkpoint: Literal["best", "latest"] = "best"
     """Which checkpoint of the run to export."""
-    format: Literal["gptlab", "hf"] = "gptlab"
-    """gptlab: a weights-only gptlab checkpoint; hf: a folder transformers loads."""
+    format: Literal["gptlab", "hf", "peft"] = "gptlab"
+    """gptlab: a weights-only gptlab checkpoint; hf: a folder transformers loads; peft: a LoRA
+    run's adapters in PEFT's format."""
     weights_only: bool = True
     """Leave out optimizer and trainer state (the only mode: a full copy is just `cp -r`)."""
 
@@ -105,11 +111,25 @@ def _is_tokenizer(name: str) -> bool:
     return name in ("tokenizer.json", "ranks.tiktoken", "hf_tokenizer.json")
 
 
+def _export_peft(args: ExportArgs, out: Path) -> int:
+    lora = open_lora(args.run_dir, args.checkpoint)
+    write_atomically(
+        out, lambda tmp: export_peft(lora.cfg, lora.lora, lora.adapters, tmp, lora.base_spec)
+    )
+    print(
+        f"exported the LoRA adapters of {lora.path} -> {out} in PEFT's format; load them onto "
+        f"the base exported by: gptlab export {lora.base_spec} --format hf --out BASE_DIR"
+    )
+    return 0
+
+
 def run(argv: list[str]) -> int:
     args = parse(ExportArgs, argv, prog="gptlab export")
     out = Path(args.out)
     if out.exists():
         raise GptlabError(f"{out} already exists; choose a new --out (nothing was overwritten)")
+    if args.format == "peft":
+        return _export_peft(args, out)
     if args.format == "hf":
         source = open_weights(args.run_dir, args.checkpoint)
         reason = interop.export_refusal(source.cfg)
@@ -143,6 +163,12 @@ def run(argv: list[str]) -> int:
         src = checkpoint.resolve(src / args.checkpoint)
     if not (src / checkpoint.WEIGHTS).is_file() or not (src / checkpoint.CONFIG).is_file():
         raise GptlabError(f"{args.run_dir} holds no {args.checkpoint}/ checkpoint to export")
+    if is_lora_checkpoint(src):
+        raise GptlabError(
+            f"{src} holds LoRA adapters only; gptlab merge {args.run_dir} --out DIR writes the "
+            "merged model as a plain run, --format peft exports the adapters, --format hf the "
+            "merged model"
+        )
     write_atomically(out, lambda tmp: _copy_gptlab(src, tmp))
     size = sum(p.stat().st_size for p in out.iterdir())
     full = sum(p.stat().st_size for p in src.iterdir() if p.is_file())
