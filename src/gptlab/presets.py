@@ -252,6 +252,55 @@ def sft() -> RunConfig:
     )
 
 
+# The worked chat example (docs/finetuning.md): a BPE trained on Gutenberg with gptlab's
+# reserved chat tokens, a small LLaMA-style model pretrained on Gutenberg, then chat SFT.
+CHAT_BPE_DIR = "runs/chat-bpe"  # gptlab tokenizer train GUTENBERG --vocab-size 4096 --out it
+
+
+def chat_base() -> RunConfig:
+    """Step 1 of the chat example: a 4 x 192 LLaMA-style model (RoPE, RMSNorm, SwiGLU; 2.6M
+    parameters) pretrained on the Gutenberg corpus with the BPE in runs/chat-bpe, in a few
+    minutes on 2 CPU cores."""
+    model = ModelConfig(
+        n_layer=4,
+        n_head=4,
+        n_embd=192,
+        seq_len=256,
+        vocab_size=4096,
+        pos_emb="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+        dropout=0.0,
+    )
+    return RunConfig(
+        model=model,
+        data=DataConfig(dataset="gutenberg", tokenizer=CHAT_BPE_DIR),
+        optim=OptimConfig(lr=3e-3, min_lr=3e-4, weight_decay=0.0, beta2=0.99, warmup_steps=50),
+        train=TrainConfig(
+            max_steps=1200,
+            batch_size=16,
+            eval_interval=400,
+            eval_steps=10,
+            log_interval=50,
+            out_dir="runs/chat-base",
+        ),
+    )
+
+
+def chat_sft() -> RunConfig:
+    """Step 2 of the chat example: `gptlab sft --preset chat_sft --init-from runs/chat-base
+    --data chat_sft` (the shared conversations), 300 steps of 16 conversations."""
+    cfg = sft()
+    return dataclasses.replace(
+        cfg,
+        model=chat_base().model,
+        data=chat_base().data,
+        optim=OptimConfig(lr=1e-3, min_lr=1e-4, weight_decay=0.0, beta2=0.99, warmup_steps=20),
+        train=dataclasses.replace(cfg.train, out_dir="runs/chat-sft"),
+    )
+
+
 def tiny() -> RunConfig:
     """A 2-layer, 32-wide model for tests: trains in a second."""
     return RunConfig(
@@ -285,6 +334,8 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "llama-100m": llama_100m,
     "finetune_gpt2_shakespeare": finetune_gpt2_shakespeare,
     "sft": sft,
+    "chat_base": chat_base,
+    "chat_sft": chat_sft,
     "tiny": tiny,
 }
 

@@ -51,6 +51,48 @@ REGISTRY = {
 }
 
 
+# Conversation data for chat finetuning (gptlab sft --data NAME), pinned to the commits the
+# shared copies were taken from; "chat_sft" is the worked example's training set.
+_FASTCHAT = (
+    "https://raw.githubusercontent.com/lm-sys/FastChat/0e6d3e4beaab66f4d3f93db72541a4abab8af28d"
+)
+_SELF_INSTRUCT = "https://raw.githubusercontent.com/yizhongw/self-instruct/0b26ccaa415992100fa32df62d41b994cf928e23"
+CHAT_FILES = {
+    "fastchat_dummy": DatasetSpec(
+        name="fastchat_dummy",
+        relpath="chat_sft/fastchat_dummy_conversation.json",
+        url=f"{_FASTCHAT}/data/dummy_conversation.json",
+        sha256="534c5a1079f2eb61ff96633330ce87c4743f5b6d5b1691b44a65920473540470",
+    ),
+    "self_instruct_seed": DatasetSpec(
+        name="self_instruct_seed",
+        relpath="chat_sft/self_instruct_seed_tasks.jsonl",
+        url=f"{_SELF_INSTRUCT}/data/seed_tasks.jsonl",
+        sha256="7779004fa198fdf27cf70a159363879d8a26c53329e11b436af17b3941875f48",
+    ),
+    "self_instruct_eval": DatasetSpec(
+        name="self_instruct_eval",
+        relpath="chat_sft/self_instruct_user_oriented_instructions.jsonl",
+        url=f"{_SELF_INSTRUCT}/human_eval/user_oriented_instructions.jsonl",
+        sha256="81d60a117db495cecedecd9193504fd07c5b5a42f6699ef6b0f9da10fc22f42e",
+    ),
+}
+CHAT_GROUPS = {"chat_sft": ("fastchat_dummy", "self_instruct_seed")}
+
+
+def resolve_chat_data(entries: list[str], loc: Locations) -> list[str]:
+    """Conversation files for sft.data entries: a registered name (CHAT_FILES, CHAT_GROUPS)
+    becomes its local or downloaded file; paths and hf:NAME pass through."""
+    out: list[str] = []
+    for entry in entries:
+        names = CHAT_GROUPS.get(entry, (entry,) if entry in CHAT_FILES else ())
+        if not names:
+            out.append(entry)
+        for name in names:
+            out.append(str(find_raw(CHAT_FILES[name], loc)))
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Locations:
     """Where raw data may already be (data_dir) and where derived files go (cache_dir)."""

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.infer.load import weights_hash
+from gptlab.model.lora import apply_lora, is_adapter
 from gptlab.runtime import Runtime
 from gptlab.train.config import RunConfig
 
@@ -45,8 +47,6 @@ def check_lora(cfg: RunConfig, runtime: Runtime) -> None:
 
 def add_adapters(model: nn.Module, cfg: RunConfig) -> None:
     """Wrap the targeted layers with fresh adapters (seeded by train.seed), freeze the rest."""
-    from gptlab.model.lora import apply_lora  # TEMP lazy
-
     generator = torch.Generator().manual_seed(cfg.train.seed)
     try:
         names = apply_lora(model, cfg.lora, generator=generator)
@@ -67,15 +67,11 @@ def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a LoRA checkpoint's model.safetensors holds: the adapters only."""
-    from gptlab.model.lora import is_adapter  # TEMP lazy
-
     return {n: t.detach().cpu() for n, t in model.state_dict().items() if is_adapter(n)}
 
 
 def base_record(cfg: RunConfig) -> dict[str, Any]:
     """The base a LoRA run trains on: its spec and the sha256 of its weights."""
-    from gptlab.infer.load import weights_hash  # TEMP lazy
-
     return {"init_from": cfg.train.init_from, "weights_sha256": weights_hash(cfg.train.init_from)}
 
 

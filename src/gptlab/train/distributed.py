@@ -57,6 +57,7 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.infer.load import WeightSource, open_weights
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
+from gptlab.model.lora import is_adapter, load_adapter_state
 from gptlab.runtime import Runtime, seed_everything
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,6 @@ def load_weights(model: nn.Module, path: Path, adapters_only: bool = False) -> N
     the whole file and keeps its shards). Call it on every rank. `adapters_only`: the
     checkpoint of a LoRA run holds only the adapters; the base is already loaded."""
     if adapters_only:
-        from gptlab.model.lora import load_adapter_state  # TEMP lazy until model/lora.py lands
-
         try:
             load_adapter_state(model, checkpoint.read_weights(path))
         except ValueError as e:
@@ -232,7 +231,7 @@ def _init_tensor(name: str, current: torch.Tensor, source: WeightSource) -> torc
 def load_init_weights(model: nn.Module, source: WeightSource) -> None:
     """Copy the source's weights into `model` (plain, DDP-to-be or FSDP-sharded), one tensor at
     a time for a plain model. Only weights: the optimizer and step start fresh."""
-    base = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]  # LoRA: fresh
+    base = [(n, p) for n, p in model.named_parameters() if not is_adapter(n)]  # LoRA: fresh
     missing = [n for n, _ in base if n not in source.names]
     if missing:
         raise GptlabError(f"--init-from {source.path} lacks weights {missing[:3]}")

@@ -21,12 +21,13 @@ import torch
 
 from gptlab.data.loader import Batch, build_loader, fixed_batches
 from gptlab.data.prepare import prepare
-from gptlab.data.registry import Locations, sha256_file
+from gptlab.data.registry import Locations, resolve_chat_data, sha256_file
 from gptlab.data.shards import TokenShards, load_meta, open_split
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.infer.load import open_weights
 from gptlab.runtime import Runtime
 from gptlab.tokenizer.base import Tokenizer
+from gptlab.tokenizer.chat import chat_template
 from gptlab.tokenizer.load import resolve_tokenizer
 from gptlab.train import checks, distributed
 from gptlab.train.config import RunConfig
@@ -125,9 +126,9 @@ def _chat_tokenizer(cfg: RunConfig, locations: Locations) -> Tokenizer:
         ) from None
 
 
-def _data_record(cfg: RunConfig, stats: dict[str, int], tok: Tokenizer) -> dict[str, Any]:
+def _data_record(paths: list[str], stats: dict[str, int], tok: Tokenizer) -> dict[str, Any]:
     files = []
-    for path in cfg.sft.paths():
+    for path in paths:
         local = Path(path).expanduser()
         files.append({"path": path, "sha256": sha256_file(local) if local.is_file() else None})
     return {"files": files, "tokenizer": tok.fingerprint(), "stats": stats}
@@ -139,7 +140,11 @@ def _check_same_chat_data(run_dir: Path, record: dict[str, Any]) -> None:
         stored = json.loads((run_dir / SFT_DATA).read_text())
     except (OSError, json.JSONDecodeError):
         return  # nothing recorded (a run dir written by hand): trust the config
-    if stored.get("files") != record["files"] or stored.get("tokenizer") != record["tokenizer"]:
+
+    def hashes(r: dict[str, Any]) -> list[Any]:  # paths may move; the contents must not
+        return [f.get("sha256") for f in r.get("files", [])]
+
+    if hashes(stored) != hashes(record) or stored.get("tokenizer") != record["tokenizer"]:
         raise GptlabError(
             f"--resume: the conversation data or tokenizer differ from what {run_dir} was "
             f"trained on ({run_dir / SFT_DATA}); resume with the original files or start a "
@@ -154,7 +159,6 @@ def open_chat_data(
     tokenizer's vocab_size, the template it used (sft.template) and document masking on when
     packing, and the data."""
     from gptlab.data.chat import read_conversations, split_examples, tokenize_conversations
-    from gptlab.tokenizer.chat import chat_template  # TEMP lazy
 
     sft, run_dir = cfg.sft, Path(cfg.train.out_dir)
     tok = _chat_tokenizer(cfg, locations)
@@ -162,8 +166,9 @@ def open_chat_data(
         template = chat_template(tok, sft.template)
     except ValueError as e:
         raise ConfigError(f"sft.template: {e}") from None
+    paths = resolve_chat_data(sft.paths(), locations)  # registered names -> files
     conversations, read_stats = read_conversations(
-        sft.paths(), allow_download=locations.allow_download, limit=sft.max_conversations
+        paths, allow_download=locations.allow_download, limit=sft.max_conversations
     )
     examples = tokenize_conversations(conversations, template, cfg.model.seq_len + 1)
     train_ex, val_ex = split_examples(examples, sft.val_fraction)
@@ -172,7 +177,7 @@ def open_chat_data(
     cfg = dataclasses.replace(cfg, sft=dataclasses.replace(sft, template=template.name))
     if sft.packing and not cfg.model.doc_mask:  # packed conversations must not see each other
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, doc_mask=True))
-    record = _data_record(cfg, stats, tok)
+    record = _data_record(paths, stats, tok)
     if resume:
         _check_same_chat_data(run_dir, record)
     tok_dir = run_dir / "tokenizer"
