@@ -161,6 +161,14 @@ def test_json_lines_in_a_json_file_and_a_single_object(tmp_path):
     assert pairs(read_conversations([single])[0][0]) == [(U, "q"), (A, "a")]
 
 
+def test_jsonl_line_separator_inside_a_string(tmp_path):
+    row = {"instruction": "a\u2028b", "output": "c\u2029d"}
+    path = tmp_path / "sep.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (c,), _ = read_conversations([str(path)])
+    assert pairs(c) == [(U, "a\u2028b"), (A, "c\u2029d")]
+
+
 def test_conversation_without_reply_is_skipped_and_counted(tmp_path):
     rows = [
         {"messages": [{"role": "user", "content": "q"}]},

@@ -113,7 +113,7 @@ def _rows(path: str, allow_download: bool) -> Iterable[tuple[str, Any]]:
             rows = _top_level_rows(whole, path)
             yield from ((f"{path} row {i}", row) for i, row in enumerate(rows, start=1))
             return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028
         if line.strip():
             try:
                 row = json.loads(line)
