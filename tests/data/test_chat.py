@@ -19,6 +19,7 @@ from gptlab.data.chat import (
     ChatExamples,
     ChatLoader,
     fixed_chat_batches,
+    pack_rows,
     read_conversations,
     split_examples,
     tokenize_conversations,
@@ -403,6 +404,15 @@ def test_a_conversation_of_exactly_one_row():
     x, y, starts = ChatLoader(ex, 2, 4, seed=0).next_batch()
     assert x.tolist() == [[1, 2, 10, 11]] * 2 and y.tolist() == [[IGNORE, 10, 11, 3]] * 2
     assert starts.tolist() == [[True, False, False, False]] * 2
+
+
+def test_pack_rows_best_fit():
+    lengths = np.array([5, 3, 4, 2, 6])
+    rows = pack_rows(lengths, np.arange(5), row_len=8, buffer_size=5)
+    assert rows == [[4, 3], [0, 1], [2]]  # longest first, then the longest that still fits
+    assert pack_rows(lengths, np.arange(5), 8, buffer_size=1) == [[0, 1], [2, 3], [4]]  # in order
+    with pytest.raises(ValueError, match="longer than a row"):
+        pack_rows(lengths, np.arange(5), 5, buffer_size=2)
 
 
 def test_padding_mode_one_conversation_per_row():

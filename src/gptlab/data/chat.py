@@ -319,10 +319,14 @@ def split_examples(
 # -- batching -----------------------------------------------------------------------------
 
 
-def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int, buffer_size: int) -> list:
+def pack_rows(
+    lengths: np.ndarray, order: np.ndarray, row_len: int, buffer_size: int
+) -> list[list[int]]:
     """Best-fit packing: conversations taken in `order` through a buffer of `buffer_size`;
     each row takes the longest buffered one that fits the room left until none fits. Returns
     the rows as lists of conversation indices; every length must be <= row_len."""
+    if len(order) and int(lengths[order].max()) > row_len:
+        raise ValueError(f"a conversation is longer than a row of {row_len} tokens; crop it")
     rows, buffer, nxt = [], [], 0  # buffer: sorted (length, position in order, index)
     while True:
         row, room = [], row_len
