@@ -6,7 +6,9 @@ hf:DIR, a Hugging Face model folder. The tasks (eval/tasks/) run on one scorer
 fp32 weights, as training evaluates). A table is printed and a JSON file written: the model's
 identity, every task's metrics with standard errors, sample sizes and chance levels, the
 aggregate score, and the exact settings. `--harness` also runs lm-evaluation-harness tasks on
-the same model (eval/harness.py) and puts their results in the same file.
+the same model (eval/harness.py) and puts their results in the same file. `--chat` asks the
+multiple-choice tasks as lettered questions in the run's chat template instead
+(eval/tasks/chat_choice.py), reported as `<task>_chat` with their own `chat_score`.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from gptlab.cli.common import UsageError, locations, parse, setup_logging
 from gptlab.config import from_dict
 from gptlab.errors import GptlabError
 from gptlab.eval.api import EvalReport, run_tasks
-from gptlab.eval.tasks import ALL, BENCHMARKS, parse_tasks
+from gptlab.eval.tasks import ALL, BENCHMARKS, CHOICE, parse_tasks
 from gptlab.eval.tasks.val import open_val_split
 from gptlab.infer.load import Loaded, load_for_inference
 from gptlab.interop import hf as interop
 from gptlab.model.accounting import count_params
 from gptlab.model.config import ModelConfig
 from gptlab.runtime import DTYPES, keep_freed_host_memory, pick_compute_dtype, pick_device
+from gptlab.tokenizer.chat import ChatTemplate, chat_template, recorded_template
 
 log = logging.getLogger(__name__)
 HF_PREFIX = "hf:"
@@ -75,6 +78,13 @@ class EvalArgs:
     """lm-evaluation-harness tasks to run too (comma-separated; needs gptlab[eval])."""
     harness_include: tuple[str, ...] = ()
     """Folders of harness task YAML files (tasks over local data)."""
+    chat: bool = False
+    """Chat mode: ask the multiple-choice tasks (hellaswag, arc_easy, piqa; the default tasks
+    then) as lettered questions in the run's recorded chat template and compare the letters'
+    logits; reported as TASK_chat. A base model needs --chat-template."""
+    chat_template: Literal["special_tokens", "plain"] | None = None
+    """The chat template for --chat (implies it): forces one on a base model or replaces the
+    one a chat-tuned run recorded."""
 
 
 @dataclasses.dataclass
@@ -93,9 +103,30 @@ def _check_args(args: EvalArgs) -> list[str]:
         raise UsageError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     if args.stride is not None and args.stride < 1:
         raise UsageError(f"--stride must be >= 1, got {args.stride}")
+    chat = args.chat or args.chat_template is not None
     if args.tasks is None:
-        return [] if args.harness else list(ALL)
-    return parse_tasks(args.tasks)
+        return [] if args.harness else list(CHOICE if chat else ALL)
+    return parse_tasks(args.tasks, chat=chat)
+
+
+def _chat_template(args: EvalArgs, target: Target) -> ChatTemplate | None:
+    """The template of --chat: the forced one, else the one the run recorded; None without
+    --chat. A base model without --chat-template is a GptlabError."""
+    loaded = target.loaded
+    if args.chat_template is not None:
+        try:
+            return chat_template(loaded.tokenizer, args.chat_template)
+        except ValueError as e:  # special_tokens on a tokenizer without the reserved tokens
+            raise UsageError(f"--chat-template {args.chat_template}: {e}") from None
+    if not args.chat:
+        return None
+    template = recorded_template(loaded.config, loaded.tokenizer)
+    if template is None:
+        raise UsageError(
+            f"--chat: {args.target} is a base model (it was not chat-finetuned, so it recorded "
+            "no chat template); pass --chat-template plain|special_tokens to force one"
+        )
+    return template
 
 
 def _data_paths(entries: tuple[str, ...]) -> tuple[list[Path], dict[str, Path]]:
@@ -217,11 +248,12 @@ def format_table(report: EvalReport) -> str:
                 f"{r.name:<14.14} {metric:<16} {value:>10.4f} {stderr:>9.4f} {r.n:>7} "
                 f"{shown_chance:>7}"
             )
-    if (score := report.score) is not None:
-        lines.append(
-            f"{'score':<14} {'centered acc':<16} {score[0]:>10.4f} {score[1]:>9.4f} {'-':>7} "
-            f"{0.0:>7.4f}"
-        )
+    for name, score in (("score", report.score), ("chat_score", report.chat_score)):
+        if score is not None:
+            lines.append(
+                f"{name:<14} {'centered acc':<16} {score[0]:>10.4f} {score[1]:>9.4f} {'-':>7} "
+                f"{0.0:>7.4f}"
+            )
     return "\n".join(lines)
 
 
@@ -298,6 +330,7 @@ def run(argv: list[str]) -> int:
         keep_freed_host_memory()  # reuse freed logits buffers instead of faulting in new pages
     target = load_target(args.target, args.checkpoint, device)
     model, tokenizer = target.loaded.model, target.loaded.tokenizer
+    template = _chat_template(args, target)
     dtype = _compute_dtype(args, target, device)
     autocast = _autocast(device, dtype)
     loc = locations()
@@ -318,6 +351,7 @@ def run(argv: list[str]) -> int:
             seed=args.seed,
             add_bos=target.add_bos,
             stride=args.stride,
+            chat_template=template,
         )
         print(format_table(report))
         for note in _notes(report, model.cfg.seq_len):

@@ -52,13 +52,23 @@ def check_example(example: ChoiceExample, where: str) -> ChoiceExample:
     return example
 
 
-def fewshot_prefix(examples: list[ChoiceExample], index: int, ctx: TaskContext) -> str:
-    """K solved examples other than `index`, each followed by a blank line ('' for K = 0)."""
+def fewshot_shots(
+    examples: list[ChoiceExample], index: int, ctx: TaskContext
+) -> list[ChoiceExample]:
+    """The K solved examples written before example `index` (never itself; [] for K = 0),
+    drawn by a generator seeded with (seed, index): the same shots in every mode."""
     k = min(ctx.num_fewshot, len(examples) - 1)
     if k <= 0:
-        return ""
+        return []
     others = np.random.default_rng([ctx.seed, index]).choice(len(examples) - 1, k, replace=False)
-    shots = [examples[i + (i >= index)] for i in others]  # skip the example itself
+    return [examples[i + (i >= index)] for i in others]  # skip the example itself
+
+
+def fewshot_prefix(examples: list[ChoiceExample], index: int, ctx: TaskContext) -> str:
+    """K solved examples other than `index`, each followed by a blank line ('' for K = 0)."""
+    shots = fewshot_shots(examples, index, ctx)
+    if not shots:
+        return ""
     solved = [s.context + TARGET_DELIMITER + s.choices[s.gold] for s in shots]
     return FEWSHOT_DELIMITER.join(solved) + FEWSHOT_DELIMITER
 
