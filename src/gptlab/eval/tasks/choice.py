@@ -16,6 +16,8 @@ a generator seeded with (seed, example index), are written before it as
 `context + " " + gold choice`, separated by blank lines (the harness's default delimiters).
 The harness draws HellaSwag, ARC and PIQA shots from their train splits, which the shared
 data folder does not hold, so few-shot numbers are not directly comparable with published ones.
+
+Chat mode (chat_choice.py) asks the same examples as lettered questions in a chat template.
 """
 
 from __future__ import annotations
