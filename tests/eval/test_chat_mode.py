@@ -51,6 +51,12 @@ def chat_bpe(merges: dict[bytes, int] | None = None) -> BPETokenizer:
     return BPETokenizer(ranks, get_pattern("gpt2"), special, name="chatbytes", bos=BOS, eos=EOS)
 
 
+def bare_ctx(tokenizer, **options) -> TaskContext:
+    """A context for building prompts only (no model)."""
+    no_model = None  # prompts need no model
+    return TaskContext(model=no_model, tokenizer=tokenizer, add_bos=True, **options)  # type: ignore
+
+
 # -- the question ----------------------------------------------------------------------------
 
 
@@ -66,7 +72,7 @@ def test_user_message_letters_the_choices_and_ends_with_the_instruction():
 def test_special_tokens_prompt_is_the_question_between_chat_tokens():
     tok = chat_bpe()
     template = chat_template(tok, "special_tokens")
-    ctx = TaskContext(model=None, tokenizer=tok, add_bos=True)  # type: ignore[arg-type]
+    ctx = bare_ctx(tok)
     prompt = template.prompt(conversation([EXAMPLE], 0, ctx))
     s = tok.special_tokens
     assert prompt == [
@@ -86,7 +92,7 @@ def test_plain_prompt_is_a_transcript_ending_at_assistant():
 
 def test_fewshot_shots_are_answered_turns():
     examples = [EXAMPLE, ChoiceExample("Question: what is wet?\nAnswer:", ("sun", "sea"), 1)]
-    ctx = TaskContext(model=None, tokenizer=chat_bpe(), add_bos=True, num_fewshot=1)  # type: ignore[arg-type]
+    ctx = bare_ctx(chat_bpe(), num_fewshot=1)
     messages = conversation(examples, 0, ctx)
     assert [m.role for m in messages] == ["user", "assistant", "user"]
     assert messages[1].content == "B"  # the shot's gold letter
@@ -163,7 +169,7 @@ def test_scoring_picks_the_argmax_letter(data_dir):
     examples = hellaswag.read(data_dir / "hellaswag" / "hellaswag_val_full.txt")
     assert [ex.gold for ex in examples] == [1, 0, 2]
     wanted = [1, 2, 2]  # right, wrong, right: acc 2/3
-    ctx = TaskContext(model=None, tokenizer=tok, add_bos=True)  # type: ignore[arg-type]
+    ctx = bare_ctx(tok)
     letter_ids = letter_tokens(template, 4).ids
     favored = {
         tuple(template.prompt(conversation(examples, i, ctx, "Which ending continues this "

@@ -111,7 +111,7 @@ def _check_args(args: EvalArgs) -> list[str]:
 
 def _chat_template(args: EvalArgs, target: Target) -> ChatTemplate | None:
     """The template of --chat: the forced one, else the one the run recorded; None without
-    --chat. A base model without --chat-template is a GptlabError."""
+    --chat. A base model without --chat-template is a UsageError."""
     loaded = target.loaded
     if args.chat_template is not None:
         try:
