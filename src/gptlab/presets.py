@@ -255,6 +255,7 @@ def sft() -> RunConfig:
 # The worked chat example (docs/finetuning.md): a BPE trained on Gutenberg with gptlab's
 # reserved chat tokens, a small LLaMA-style model pretrained on Gutenberg, then chat SFT.
 CHAT_BPE_DIR = "runs/chat-bpe"  # gptlab tokenizer train GUTENBERG --vocab-size 4096 --out it
+CHAT_BPE_VOCAB = 4096
 
 
 def chat_base() -> RunConfig:
@@ -266,7 +267,7 @@ def chat_base() -> RunConfig:
         n_head=4,
         n_embd=192,
         seq_len=256,
-        vocab_size=4096,
+        vocab_size=CHAT_BPE_VOCAB,
         pos_emb="rope",
         norm="rmsnorm",
         mlp="swiglu",

@@ -134,4 +134,6 @@ def test_init_from_starts_from_the_weights_and_extends_positions(cli_env, capsys
     wpe = checkpoint.read_weights(cli_env / "long" / "latest")["wpe.weight"]
     assert wpe.shape[0] == 48
     stored = json.loads((cli_env / "long" / "config.json").read_text())
-    assert stored["train"]["init_from"] == "src" and stored["model"]["seq_len"] == 48
+    # recorded as an absolute path: the run finds its source again from any directory
+    assert stored["train"]["init_from"] == str((cli_env / "src").resolve())
+    assert stored["model"]["seq_len"] == 48

@@ -8,7 +8,7 @@ from tests.conftest import SHARED, shakespeare_path
 
 from gptlab.model.accounting import build_meta, count_params
 from gptlab.model.gpt import GPT
-from gptlab.presets import PRESETS, get_preset
+from gptlab.presets import CHAT_BPE_DIR, CHAT_BPE_VOCAB, PRESETS, get_preset
 from gptlab.tokenizer.load import resolve_tokenizer
 
 # GPT-2 paper / Hugging Face checkpoints, vocabulary 50257 (we pad to 50304: +0.03% at most)
@@ -49,6 +49,8 @@ def test_every_preset_has_the_vocab_size_of_its_tokenizer():
         data, model = get_preset(name).data, get_preset(name).model
         if data.tokenizer == "char":
             assert (data.dataset, model.vocab_size) == ("shakespeare_char", chars), name
+        elif data.tokenizer == CHAT_BPE_DIR:  # the chat example trains this BPE first
+            assert model.vocab_size == CHAT_BPE_VOCAB, name
         else:
             assert (data.tokenizer, model.vocab_size) == ("gpt2", gpt2), name
     for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-15m", "llama-100m"):

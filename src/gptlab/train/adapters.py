@@ -19,14 +19,12 @@ import torch
 from torch import nn
 
 from gptlab.errors import ConfigError, GptlabError
-from gptlab.infer.load import weights_hash
-from gptlab.model.lora import apply_lora, is_adapter
+from gptlab.infer.load import LORA_BASE, weights_hash
+from gptlab.model.lora import apply_lora
 from gptlab.runtime import Runtime
 from gptlab.train.config import RunConfig
 
 log = logging.getLogger(__name__)
-
-LORA_BASE = "lora_base.json"  # in a LoRA run's directory and in each of its checkpoints
 
 
 def check_lora(cfg: RunConfig, runtime: Runtime) -> None:
@@ -42,6 +40,17 @@ def check_lora(cfg: RunConfig, runtime: Runtime) -> None:
         raise ConfigError(
             "LoRA with --train.strategy fsdp is not supported (the adapters are tiny: the "
             "frozen base replicates fine); use --train.strategy ddp"
+        )
+
+
+def check_base_shapes(cfg: RunConfig, base_cfg: Any) -> None:
+    """A LoRA checkpoint holds only adapters, so every other weight must be the base's own:
+    a longer context with learned positions would add position rows that are never saved."""
+    if cfg.model.pos_emb == "learned" and cfg.model.seq_len != base_cfg.seq_len:
+        raise ConfigError(
+            f"LoRA keeps the base's weights, but --model.seq_len {cfg.model.seq_len} changes "
+            f"its learned position table ({base_cfg.seq_len} rows); keep seq_len "
+            f"{base_cfg.seq_len}, or finetune every weight (no --lora.rank)"
         )
 
 
@@ -63,11 +72,6 @@ def add_adapters(model: nn.Module, cfg: RunConfig) -> None:
 def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) pairs the optimizer updates: all of them, or LoRA's adapters."""
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def adapter_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a LoRA checkpoint's model.safetensors holds: the adapters only."""
-    return {n: t.detach().cpu() for n, t in model.state_dict().items() if is_adapter(n)}
 
 
 def base_record(cfg: RunConfig) -> dict[str, Any]:

@@ -19,6 +19,14 @@ from typing import Any
 
 import torch
 
+from gptlab.data.chat import (
+    ChatExamples,
+    ChatLoader,
+    fixed_chat_batches,
+    read_conversations,
+    split_examples,
+    tokenize_conversations,
+)
 from gptlab.data.loader import Batch, build_loader, fixed_batches
 from gptlab.data.prepare import prepare
 from gptlab.data.registry import Locations, resolve_chat_data, sha256_file
@@ -43,7 +51,7 @@ class RunData:
     splits: dict[str, TokenShards]  # "train", "val" ({} for chat data)
     token_bytes: torch.Tensor  # (V,) UTF-8 bytes of each token id, for bits per byte
     tokenizer_files: list[str]  # files in data_dir that every checkpoint carries along
-    chat: dict[str, Any] | None = None  # "train", "val" conversations (sft.data)
+    chat: dict[str, ChatExamples] | None = None  # "train", "val" conversations (sft.data)
 
 
 SFT_DATA = "sft_data.json"  # in the run directory: the conversation files and what was read
@@ -158,8 +166,6 @@ def open_chat_data(
     """Read, render and split the conversations of `sft.data`; returns the config with the
     tokenizer's vocab_size, the template it used (sft.template) and document masking on when
     packing, and the data."""
-    from gptlab.data.chat import read_conversations, split_examples, tokenize_conversations
-
     sft, run_dir = cfg.sft, Path(cfg.train.out_dir)
     tok = _chat_tokenizer(cfg, locations)
     try:
@@ -201,8 +207,6 @@ def eval_batches(cfg: RunConfig, data: RunData) -> dict[str, list[Batch]]:
     """The fixed batches every evaluation of the run scores, per split ("train", "val")."""
     tc, T = cfg.train, cfg.model.seq_len
     if data.chat is not None:
-        from gptlab.data.chat import fixed_chat_batches  # TEMP lazy
-
         return {
             split: fixed_chat_batches(ex, tc.batch_size, T, cfg.sft.packing, tc.eval_steps)
             for split, ex in data.chat.items()
@@ -219,8 +223,6 @@ def train_loader(cfg: RunConfig, data: RunData, runtime: Runtime) -> Any:
     """This rank's loader of training batches, at the shape of step 0."""
     B0, T0, _ = cfg.train.shape_at(0, cfg.model.seq_len, runtime.world_size)
     if data.chat is not None:
-        from gptlab.data.chat import ChatLoader  # TEMP lazy
-
         pad = data.tokenizer.pad_id if data.tokenizer.pad_id is not None else 0
         return ChatLoader(
             data.chat["train"],

@@ -32,8 +32,10 @@ from gptlab import checkpoint
 from gptlab.config import from_dict, to_dict
 from gptlab.data.registry import Locations
 from gptlab.errors import GptlabError
+from gptlab.infer.load import LORA_BASE
 from gptlab.model.accounting import count_params, flops_per_token
 from gptlab.model.gpt import GPT
+from gptlab.model.lora import adapter_state
 from gptlab.optim.build import build_optimizer
 from gptlab.optim.schedule import apply_schedule, schedule_step
 from gptlab.runtime import Runtime
@@ -149,8 +151,8 @@ class _Job:
         weights = distributed.full_model_state(self.model)
         extra = {n: self.data.data_dir / n for n in self.data.tokenizer_files}
         if self.lora_base is not None:  # a LoRA checkpoint holds the adapters only
-            weights = adapters.adapter_weights(self.model)
-            extra[adapters.LORA_BASE] = self.lora_base
+            weights = adapter_state(self.model)
+            extra[LORA_BASE] = self.lora_base
         opt_state = distributed.full_optimizer_state(self.model, s.optimizer)
         rng = distributed.gather_objects(rng_state(rt), rt)
         loader_states = distributed.gather_objects(self.loader.state_dict(), rt)
@@ -256,6 +258,8 @@ def _train(
     init = None
     if tc.init_from and (lora or not resume):  # a LoRA run resumes on its base's weights
         init = distributed.open_init_source(cfg, data.tokenizer)
+        if lora:
+            adapters.check_base_shapes(cfg, init.cfg)
     if stored_cfg is not None:
         checks.check_same_optimizer(stored_cfg, cfg)
         checks.check_same_data(stored_cfg, cfg, data.meta)
@@ -437,7 +441,14 @@ def _chat_metrics(job: _Job, result: Any) -> dict[str, Any]:
     """A chat run's supervised targets in the step and its steps skipped for having none."""
     if not job.cfg.sft.enabled:
         return {}
-    return {"supervised_tokens": result.targets, "empty_steps": job.stepper.empty_steps}
+    seen = job.loader.stats()  # this rank's batches so far: real and padding tokens of x
+    positions = max(1, seen["tokens"] + seen["padding_tokens"])
+    return {
+        "supervised_tokens": result.targets,  # targets trained on in this step, all ranks
+        "empty_steps": job.stepper.empty_steps,
+        "real_tokens": seen["tokens"] * job.runtime.world_size,  # so far, not padding
+        "pad_fraction": seen["padding_tokens"] / positions,  # of the positions computed
+    }
 
 
 def _evaluate_and_save(job: _Job, t_start: float, train_time_s: float) -> float:
