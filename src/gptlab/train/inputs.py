@@ -176,7 +176,13 @@ def open_chat_data(
     conversations, read_stats = read_conversations(
         paths, allow_download=locations.allow_download, limit=sft.max_conversations
     )
-    examples = tokenize_conversations(conversations, template, cfg.model.seq_len + 1)
+    try:
+        examples = tokenize_conversations(conversations, template, cfg.model.seq_len + 1)
+    except ValueError as e:  # e.g. a character a char model's vocabulary lacks
+        raise GptlabError(
+            f"sft: a conversation cannot be encoded with the {tok.describe()} ({e}); a char "
+            "model knows only its corpus's characters: finetune a BPE or GPT-2-token model"
+        ) from None
     train_ex, val_ex = split_examples(examples, sft.val_fraction)
     stats = {**read_stats, **examples.stats, "train": len(train_ex), "val": len(val_ex)}
     cfg = _with_vocab(cfg, tok.vocab_size, f"the tokenizer ({tok.describe()})", runtime)

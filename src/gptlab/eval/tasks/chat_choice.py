@@ -36,9 +36,19 @@ import numpy as np
 
 from gptlab.errors import GptlabError
 from gptlab.eval.scorer import Request, score_continuations
-from gptlab.eval.stats import mean_stderr
 from gptlab.eval.tasks.base import TaskContext, TaskResult, gather_rows, shard, subset
-from gptlab.eval.tasks.choice import ChoiceExample, fewshot_shots
+from gptlab.eval.tasks.choice import (
+    ACC,
+    ACC_NORM,
+    CHANCE,
+    COLUMNS,
+    CROPPED,
+    PRED,
+    VALID,
+    ChoiceExample,
+    choice_result,
+    fewshot_shots,
+)
 from gptlab.tokenizer.chat import ChatTemplate, Message
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -46,7 +56,8 @@ INSTRUCTION = "Answer with the letter of the correct choice."
 SUFFIX = "_chat"  # arc_easy in chat mode reports as arc_easy_chat
 ANSWER_CUE = "\nAnswer:"  # the log-likelihood prompt's cue (arc_easy, piqa), not a question's
 # columns of a result row
-VALID, ACC, PRED, CROPPED, CHANCE, MASS = range(6)
+# choice.py's table columns; the letters' probability mass takes acc_norm's column
+MASS = ACC_NORM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +159,7 @@ def run_chat_choice_task(
     mine = shard(ctx, len(chosen))
     requests: list[Request] = []
     owners: list[int] = []  # row among mine of each request
-    rows = np.zeros((len(mine), 6))
+    rows = np.zeros((len(mine), COLUMNS))
     for row, j in enumerate(mine):
         i = int(chosen[j])
         try:
@@ -190,31 +201,6 @@ def run_chat_choice_task(
         "reply_prefix": tokenizer.decode(list(letters.prefix)),
         "letter_tokens": {LETTERS[i]: t for i, t in enumerate(letters.ids)},
     }
-    return _result(name, table, chosen, settings)
-
-
-def _result(name: str, table: np.ndarray, chosen: np.ndarray, settings: dict) -> TaskResult:
-    valid = table[:, VALID] == 1
-    n = int(valid.sum())
-    if n == 0:
-        raise GptlabError(
-            f"the model's tokenizer cannot encode any {name} example (e.g. characters outside "
-            "a char vocabulary); evaluate a model with a byte-level tokenizer"
-        )
-    metrics = {}
-    for metric, col in (("acc", ACC), ("letter_mass", MASS)):
-        metrics[metric] = float(table[valid, col].mean())
-        metrics[f"{metric}_stderr"] = mean_stderr(table[valid, col])
-    return TaskResult(
-        name=name,
-        metrics=metrics,
-        n=n,
-        chance=float(table[valid, CHANCE].mean()),
-        cropped=int(table[valid, CROPPED].sum()),
-        skipped=len(chosen) - n,
-        settings=settings,
-        predictions={
-            "index": [int(i) for i in chosen[valid]],
-            "pred": [int(p) for p in table[valid, PRED]],
-        },
+    return choice_result(
+        name, table, chosen, settings, (("acc", ACC), ("letter_mass", MASS)), (("pred", PRED),)
     )

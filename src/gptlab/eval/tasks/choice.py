@@ -35,6 +35,7 @@ FEWSHOT_DELIMITER = "\n\n"
 TARGET_DELIMITER = " "
 # columns of a result row
 VALID, ACC, ACC_NORM, PRED, PRED_NORM, CROPPED, CHANCE = range(7)
+COLUMNS = 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,7 @@ def run_choice_task(
     mine = shard(ctx, len(chosen))
     requests: list[Request] = []
     owners: list[tuple[int, int]] = []  # (row among mine, choice)
-    rows = np.zeros((len(mine), 7))
+    rows = np.zeros((len(mine), COLUMNS))
     for row, j in enumerate(mine):
         i = int(chosen[j])
         ex = examples[i]
@@ -120,7 +121,17 @@ def run_choice_task(
     return choice_result(name, table, chosen, {**settings, "examples": len(examples)})
 
 
-def choice_result(name: str, table: np.ndarray, chosen: np.ndarray, settings: dict) -> TaskResult:
+def choice_result(
+    name: str,
+    table: np.ndarray,
+    chosen: np.ndarray,
+    settings: dict,
+    metrics_of: tuple[tuple[str, int], ...] = (("acc", ACC), ("acc_norm", ACC_NORM)),
+    preds_of: tuple[tuple[str, int], ...] = (("pred", PRED), ("pred_norm", PRED_NORM)),
+) -> TaskResult:
+    """The TaskResult of a multiple-choice table (columns above): the mean and standard error
+    of each `metrics_of` column over the examples that could be encoded, and the predictions
+    of each `preds_of` column."""
     valid = table[:, VALID] == 1
     n = int(valid.sum())
     if n == 0:
@@ -129,7 +140,7 @@ def choice_result(name: str, table: np.ndarray, chosen: np.ndarray, settings: di
             "a char vocabulary); evaluate a model with a byte-level tokenizer"
         )
     metrics = {}
-    for metric, col in (("acc", ACC), ("acc_norm", ACC_NORM)):
+    for metric, col in metrics_of:
         metrics[metric] = float(table[valid, col].mean())
         metrics[f"{metric}_stderr"] = mean_stderr(table[valid, col])
     return TaskResult(
@@ -142,7 +153,6 @@ def choice_result(name: str, table: np.ndarray, chosen: np.ndarray, settings: di
         settings=settings,
         predictions={
             "index": [int(i) for i in chosen[valid]],
-            "pred": [int(p) for p in table[valid, PRED]],
-            "pred_norm": [int(p) for p in table[valid, PRED_NORM]],
+            **{key: [int(p) for p in table[valid, col]] for key, col in preds_of},
         },
     )
