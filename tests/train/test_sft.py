@@ -167,3 +167,32 @@ def test_lora_refuses_a_changed_base_and_a_missing_one(chat_files, locations, tm
     no_base = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=""))
     with pytest.raises(ConfigError, match="--init-from"):
         train(no_base, _rt(), locations)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_two_ddp_ranks_equal_one_rank_accumulating_two(chat_files, locations, tmp_path, lora):
+    """Masked loss under DDP (gloo, 2 processes x 1 micro-batch) trains loss for loss like
+    one process x 2 micro-batches: the supervised-target count is summed across ranks before
+    the backward pass. With LoRA the frozen base stays out of DDP's gradient sync."""
+    from tests.train.test_distributed import _assert_same_run, _torchrun
+
+    cfg = _sft_cfg(*chat_files, tmp_path / "unused")
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, dropout=0.0),
+        train=dataclasses.replace(cfg.train, grad_accum_steps=1),
+    )
+    if lora:
+        base = train(_sft_cfg(*chat_files, tmp_path / "base"), _rt(), locations).run_dir
+        cfg = dataclasses.replace(
+            cfg,
+            lora=LoRAConfig(rank=4, targets="all"),
+            train=dataclasses.replace(cfg.train, init_from=str(base)),
+        )
+    single = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, grad_accum_steps=2, out_dir=str(tmp_path / "one"))
+    )
+    train(single, _rt(), locations)
+    _torchrun(cfg, tmp_path / "ddp", tmp_path)
+    _assert_same_run(tmp_path / "one", tmp_path / "ddp", steps=range(1, 7))
