@@ -142,16 +142,48 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if group["kind"] == "muon":
-                    direction = self._muon_direction(p, group)
-                else:
-                    direction = self._adamw_direction(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["kind"] == "muon":
+                directions = self._muon_directions(params, group)
+            else:
+                directions = [self._adamw_direction(p, group) for p in params]
+            for p, direction in zip(params, directions, strict=True):
                 decay = decay_term(p, direction, group["weight_decay"], group["cautious_wd"])
                 p.sub_(group["lr"] * (direction + decay))
         return loss
+
+    def _muon_directions(
+        self, params: list[torch.Tensor], group: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Muon update directions of a group's matrices. Matrices of one shape are
+        orthogonalised together, as one batched call (the speedrun records' trick: a few large
+        matmuls instead of many small ones; 22 -> 16 ms per step for the 8 matrices of the
+        2 x 256 CPU recipe in bf16). FSDP shards go one by one (each is gathered whole)."""
+        dtype = self.orthogonalize_dtype or (
+            torch.bfloat16 if params and params[0].device.type == "cuda" else None
+        )
+        out: list[torch.Tensor | None] = [None] * len(params)
+        batches: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        for i, p in enumerate(params):
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            if isinstance(p.grad, DTensor):
+                out[i] = self._muon_direction(p, group)
+                continue
+            state["momentum_buffer"], direction = momentum_direction(
+                p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"]
+            )
+            key = (tuple(p.shape), p.dtype, p.device)
+            batches.setdefault(key, []).append((i, direction))
+        method, steps = group["orthogonalizer"], group["ns_steps"]
+        for (shape, p_dtype, _), items in batches.items():
+            stacked = torch.stack([d for _, d in items])  # (k, *shape)
+            ortho = self.orthogonalize_fn(stacked, method, steps, dtype)  # (k, *shape)
+            scaled = ortho.to(p_dtype) * muon_scale(torch.Size(shape))
+            for (i, _), direction in zip(items, scaled.unbind(0), strict=True):
+                out[i] = direction
+        return out  # type: ignore[return-value]
 
     def _muon_direction(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
         state = self.state[p]
