@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tests.conftest import needs_shakespeare
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -42,3 +47,84 @@ def test_cpu_step_breakdown_quick_adds_up():
     assert abs(step_product - floor_product) <= rounding
     assert abs(0.6 * r["step_ms_for_60_percent"] - step_product) <= rounding + 0.03
     assert r["peak_1024_tflops"] > 0 and r["copy_gb_s"] > 0
+
+
+# --- benchmarks/gpu_check.sh: what can be checked without a GPU
+
+GPU_CHECK = BENCHMARKS / "gpu_check.sh"
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def _gpu_check(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_OUT": ""}
+    env.pop("OUT", None)
+    return subprocess.run(
+        ["bash", str(GPU_CHECK), *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def _gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCHMARKS / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_bash
+def test_gpu_check_dry_run_names_every_stage_and_its_command():
+    proc = _gpu_check("--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for stage in ("device", "gpu_tests", "gpt2", "shakespeare_char"):
+        assert any(line.startswith(f"{stage}: timeout ") for line in lines), stage
+    assert any("pytest -m gpu tests/gpu" in line for line in lines)
+    runs = [line for line in lines if ":   runs " in line]
+    assert len(runs) == 2 and all(" -m gptlab train " in r and "--train.compile" in r for r in runs)
+    assert "--preset gpt2 " in runs[0] and "--preset shakespeare_char " in runs[1]
+    limits = [int(line.split()[2]) for line in lines if ": timeout " in line]
+    assert sum(limits) < 600  # the stages' time limits fit one 10-minute device command
+
+
+@needs_bash
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_gpu_check_without_cuda_fails_fast_with_one_line():
+    proc = _gpu_check()
+    assert proc.returncode != 0 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("gpu_check: no CUDA device")
+    bad = _gpu_check("--bogus")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_check_reads_pytest_counts(tmp_path, capsys):
+    log = tmp_path / "pytest.log"
+    log.write_text(
+        "..F.s\nFAILED tests/gpu/test_engine_cuda.py::test_x - AssertionError\n"
+        "1 failed, 3 passed, 1 skipped in 41.20s\n"
+    )
+    assert _gpu_check_module().tests(log, 1, 42.0) == 1
+    row = json.loads(capsys.readouterr().out)
+    assert (row["passed"], row["failed"], row["skipped"], row["ok"]) == (3, 1, 1, False)
+    assert row["failures"] == ["tests/gpu/test_engine_cuda.py::test_x"]
+
+
+@needs_shakespeare
+def test_gpu_check_stops_a_run_at_its_target(tmp_path, monkeypatch, capsys):
+    """The time-to-loss stage, on a tiny CPU run: it watches metrics.jsonl, stops the run at
+    the first evaluation under the target, and reports that evaluation."""
+    gc = _gpu_check_module()
+    monkeypatch.setattr(gc, "CHAR_ARGS", [
+        "--preset", "tiny", "--data.dataset", "shakespeare_char", "--train.device", "cpu",
+        "--train.max_steps", "100000", "--train.eval_interval", "20", "--train.eval_steps", "2",
+        "--train.no_save_checkpoints",
+    ])  # fmt: skip
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPTLAB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(BENCHMARKS.parent / "src"))
+    assert gc.char(tmp_path, tmp_path, target=3.2, timeout_s=60, dry_run=False) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["ok"] and row["ended"] == "done" and row["rc"] is None  # stopped, not finished
+    *before, last = row["val_curve"]  # [step, elapsed_s, val_loss] rows
+    assert last[2] <= 3.2 and all(val > 3.2 for _, _, val in before)
+    assert row["step_at_target"] == row["val_curve"][-1][0] < 100000
+    assert 0 < row["elapsed_s_at_target"] <= row["wall_s_to_target"]
