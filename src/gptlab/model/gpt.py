@@ -108,7 +108,10 @@ class GPT(nn.Module):
                 self.lm_head.weight = self.wte.weight  # one (V, C) matrix both ways
             self.mtp = nn.ModuleList(MTPHead(cfg) for _ in range(cfg.mtp_heads))
         self.to_empty(device=device)
-        self.init_weights()
+        # on the meta device (shapes only, e.g. parameter counts) there is nothing to fill, and
+        # normal_ there would load torch's reference kernels: 0.5 s of every `gptlab train`
+        if torch.device(device).type != "meta":
+            self.init_weights()
 
     def to_empty(self, *, device: torch.device | str | None, recurse: bool = True) -> GPT:
         """nn.Module.to_empty, keeping the head tied: to_empty gives every module a new
