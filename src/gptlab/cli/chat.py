@@ -35,13 +35,17 @@ class ChatArgs:
     device: str = "auto"
     """'auto', cpu, cuda or mps."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Compute dtype of the weights and KV cache; auto = bf16 on a GPU, fp32 on a CPU."""
+    """Compute dtype of the weights and KV cache; auto = bf16 on a GPU, fp32 on a CPU (bf16
+    with --quantize int8 on an AVX-512 CPU)."""
     template: TemplateName | Literal["none"] = "auto"
     """Chat format: auto = the template a chat-tuned run recorded, or none for a base model (it
     continues your text); transcript = a User:/Assistant: transcript for a base model;
     special_tokens / plain = that chat template (tokenizer/chat.py)."""
     compile: bool = False
     """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
+    quantize: Literal["none", "int8"] = "none"
+    """int8 = weight-only int8 linears (per-channel scales): about twice as fast per token on an
+    AVX-512 CPU, with a small quality cost (docs/inference.md)."""
     system: str = ""
     """System message at the start of the conversation (chat formats only)."""
     sampling: Annotated[SamplingParams, tyro.conf.arg(name="")] = SamplingParams(
@@ -109,8 +113,9 @@ def _command(session: ChatSession, line: str) -> bool:
 def run(argv: list[str]) -> int:
     args = parse(ChatArgs, argv, prog="gptlab chat")
     params = args.sampling
+    quantize = None if args.quantize == "none" else args.quantize
     loaded = load_for_inference(Path(args.run_dir), args.checkpoint, pick_device(args.device),
-                                args.dtype)  # fmt: skip
+                                args.dtype, quantize)  # fmt: skip
     template = args.template
     if template == "auto":
         template = "auto" if is_chat_model(loaded.config) else "none"

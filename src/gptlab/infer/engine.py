@@ -48,10 +48,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from gptlab.infer import fast_decode
 from gptlab.infer.config import SamplingParams
+from gptlab.infer.fast_decode import FastDecode
 from gptlab.infer.sampling import Sampler
 from gptlab.infer.text import TextStream
-from gptlab.model.kv_cache import KVCache
+from gptlab.model.kv_cache import CacheStep, KVCache
 from gptlab.seeding import mix_seed
 from gptlab.tokenizer.base import Tokenizer
 
@@ -159,6 +161,12 @@ class Engine:
             device=weight.device, dtype=weight.dtype,
         )  # fmt: skip
         self.capacity, self.max_batch = capacity, max_batch
+        # rows at one length decoding one token each (always so at batch 1) take the lean step
+        # (infer/fast_decode.py); a compiled engine compiles the general forward instead
+        lean = not compile and fast_decode.supported(cfg)
+        self.fast = FastDecode(model, self.cache) if lean else None
+        if self.fast is not None:
+            self.decode_forward = self._lean_forward
         self.eos = tokenizer.eos_id if tokenizer is not None else None
         self.waiting: deque[Request] = deque()
         self.running: list[Sequence] = []  # sorted by row
@@ -325,6 +333,13 @@ class Engine:
         if idle:
             logits = logits[torch.tensor([s.row for s in live], device=self.device)]
         self._sample(live, logits, events)
+
+    def _lean_forward(self, idx: torch.Tensor, step: CacheStep) -> torch.Tensor:
+        """A decode forward (B, 1) -> (B, V): the lean step when the rows are at one length
+        (rows always start at 0 here), else the model's general cached forward."""
+        if step.one_query and step.rows.start in (0, None):
+            return self.fast.step(idx[:, 0], step.start)  # (B,) -> (B, V)
+        return self.model.forward_cached(idx, step)
 
     def _shift(self, seq: Sequence, events: list[Event]) -> None:
         """The row is full: keep the last capacity/2 tokens and recompute the cache from them."""

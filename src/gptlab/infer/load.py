@@ -29,6 +29,8 @@ from gptlab import checkpoint
 from gptlab.config import from_dict, to_dict
 from gptlab.errors import GptlabError
 from gptlab.infer.engine import cast_for_inference
+from gptlab.infer.plan import cpu_flags, decode_dtype
+from gptlab.infer.quantize import quantize_int8
 from gptlab.interop import hf as interop
 from gptlab.interop.convert import import_tensor
 from gptlab.interop.tensors import TensorSource
@@ -311,29 +313,41 @@ def checkpoint_dir(run_dir: Path, which: str = "best") -> Path:
     return path
 
 
-def inference_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """'auto' is bf16 on a GPU that supports it and fp32 elsewhere (on a CPU, bf16 matrix-vector
-    products are no faster at batch 1 and fp32 matches training's evaluation exactly)."""
-    if requested != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            requested
-        ]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+def inference_dtype(
+    device: torch.device, requested: str = "auto", quantize: str | None = None
+) -> torch.dtype:
+    """'auto' is bf16 on a GPU that supports it and fp32 on a CPU, or bf16 for int8 weights on a
+    CPU with AVX-512 (the rule and its measurements: infer/plan.py)."""
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return decode_dtype(device.type, cpu_flags(), requested, quantize, cuda_bf16)
 
 
 def load_for_inference(
-    run_dir: Path, which: str, device: torch.device, dtype: str = "auto"
+    run_dir: Path,
+    which: str,
+    device: torch.device,
+    dtype: str = "auto",
+    quantize: str | None = None,
 ) -> Loaded:
     """Model (eval mode, compute dtype, on device) and tokenizer of a run's checkpoint, or of
-    an hf:DIR model converted on the fly."""
+    an hf:DIR model converted on the fly; `quantize="int8"` stores its linears' weights in int8
+    (infer/quantize.py)."""
+    device = torch.device(device)
+    loaded = _load(run_dir, which, device, inference_dtype(device, dtype, quantize))
+    if quantize == "int8":
+        quantize_int8(loaded.model)
+    elif quantize is not None:
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    return loaded
+
+
+def _load(run_dir: Path, which: str, device: torch.device, dtype: torch.dtype) -> Loaded:
     folder = hf_folder(run_dir)
     if folder is not None:
         hf = interop.open_hf(folder)
         tokenizer = _hf_tokenizer(hf)
         _check_vocab(folder, tokenizer, hf.cfg)
-        model = cast_for_inference(interop.build_model(hf, device), inference_dtype(device, dtype))
+        model = cast_for_inference(interop.build_model(hf, device), dtype)
         return Loaded(model, tokenizer, {"model": to_dict(hf.cfg)}, folder)
     path = checkpoint_dir(run_dir, which)
     if is_lora_checkpoint(path):  # adapters merged into their base
@@ -341,10 +355,10 @@ def load_for_inference(
         if source.tokenizer is None:
             raise GptlabError(f"neither {path} nor its base carries a tokenizer.json")
         _check_vocab(path, source.tokenizer, source.cfg)
-        model = cast_for_inference(build_model(source, device), inference_dtype(device, dtype))
+        model = cast_for_inference(build_model(source, device), dtype)
         return Loaded(model, source.tokenizer, source.config, path)
     model = checkpoint.load_model_from_checkpoint(path, device)
-    model = cast_for_inference(model, inference_dtype(device, dtype))
+    model = cast_for_inference(model, dtype)
     if not (path / "tokenizer.json").is_file():
         raise GptlabError(f"{path} has no tokenizer.json; it was not written by gptlab train")
     try:

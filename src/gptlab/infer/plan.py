@@ -1,0 +1,57 @@
+"""Which dtype decoding computes in on this machine: a pure rule over the CPU's flags.
+
+Measured on the `shakespeare_char` shape at batch 1 (docs/inference.md, "The default fast
+path"), on a 2-core Xeon with AMX and AVX512-BF16: the 25 matrix-vector products of a decode
+step take 0.83 ms in fp32 and 1.2-1.3 ms in bf16 (F.linear, or 0.9 ms with oneDNN's packed
+weights), so bf16 weights are not faster there even though the CPU "computes bf16 fast": the
+weights of a small model sit in cache and the bf16 kernels are tuned for matrices, not vectors.
+An AMD EPYC with AVX512-BF16 and no AMX has the same kernels and no AMX. So on a CPU the default
+stays fp32 whatever the flags say, which also matches training's evaluation exactly.
+
+Weight-only int8 (`--quantize int8`, infer/quantize.py) is the exception: torch's fused
+int8-weight kernel is fast only for bf16 activations and only in its AVX-512 build (0.42 ms for
+the same 25 products), so with AVX-512 int8 computes in bf16, and elsewhere in fp32 with the
+weights dequantised inside each product (correct, not faster). On a GPU, bf16 where supported.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AVX512 = frozenset({"avx512f", "avx512bw"})  # what torch's AVX-512 kernels need
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The flags of this machine's first CPU in /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def decode_dtype(
+    device_type: str,
+    flags: frozenset[str],
+    requested: str = "auto",
+    quantize: str | None = None,
+    cuda_bf16: bool = False,
+) -> torch.dtype:
+    """The compute dtype of inference: `requested` unless 'auto'; else bf16 on a GPU with bf16
+    (`cuda_bf16`), and on a CPU fp32, or bf16 for int8 weights where the CPU has AVX-512."""
+    if requested != "auto":
+        return DTYPES[requested]
+    if device_type == "cuda":
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    if device_type == "cpu" and quantize == "int8" and flags >= AVX512:
+        return torch.bfloat16
+    return torch.float32

@@ -1,0 +1,38 @@
+"""The rule for the decoding dtype (infer/plan.py), as a pure function of device and CPU flags."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptlab.infer.plan import cpu_flags, decode_dtype
+
+XEON_AMX = frozenset({"avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile"})
+EPYC_ZEN4 = frozenset({"avx512f", "avx512bw", "avx512_bf16"})
+AVX2_ONLY = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize("flags", [XEON_AMX, EPYC_ZEN4, AVX2_ONLY, frozenset()])
+def test_cpu_default_is_fp32_whatever_the_flags(flags):
+    assert decode_dtype("cpu", flags) == torch.float32  # bf16 matvecs measured no faster
+
+
+@pytest.mark.parametrize(
+    "flags, want",
+    [(XEON_AMX, torch.bfloat16), (EPYC_ZEN4, torch.bfloat16), (AVX2_ONLY, torch.float32)],
+)
+def test_int8_computes_in_bf16_where_the_fused_kernel_is_fast(flags, want):
+    assert decode_dtype("cpu", flags, quantize="int8") == want
+
+
+def test_explicit_dtype_and_gpus():
+    assert decode_dtype("cpu", XEON_AMX, "bfloat16") == torch.bfloat16
+    assert decode_dtype("cpu", XEON_AMX, "float32", quantize="int8") == torch.float32
+    assert decode_dtype("cuda", frozenset(), cuda_bf16=True) == torch.bfloat16
+    assert decode_dtype("cuda", frozenset(), cuda_bf16=False) == torch.float32
+    assert decode_dtype("mps", frozenset()) == torch.float32
+
+
+def test_cpu_flags_reads_this_machine():
+    flags = cpu_flags()
+    assert isinstance(flags, frozenset)
