@@ -1,4 +1,4 @@
-"""Benchmark: decode tokens/s of gptlab's KV-cache Engine, Hugging Face transformers, and no cache.
+"""Benchmark: decode tokens/s of gptlab's KV-cache Engine against Hugging Face transformers.
 
 The model is the `shakespeare_char` shape (6 layers, 6 heads, 384 wide, char vocabulary of 65)
 with random weights (torch.manual_seed(0)); speed does not depend on what the weights learned.
@@ -6,41 +6,54 @@ The same weights are converted into a transformers GPT2LMHeadModel (GPT-2's Conv
 transpose of nn.Linear's weight; the bias-free preset gets zero biases; exact-erf GELU, which is
 transformers' "gelu"; the token table sliced from the padded rows to the real 65). The
 conversion is checked first: greedy decoding from the same prompt must give the same tokens in
-both (`tokens_match`; the no-cache loop is checked the same way), and `max_abs_logit_diff` is
-the largest logit difference of one forward over the same tokens.
+both (`tokens_match`), and `max_abs_logit_diff` is the largest logit difference of one forward.
 
 Context: the preset's context is 256 tokens, less than prompt + new tokens. GPT-2's learned
 position table has no rows past it, so both models are built here with a longer context
-(seq_len = n_positions = 1024 by default, more if needed): every method attends over the same
-growing context, and no cropping or context shifting happens in any of them.
+(seq_len = n_positions = 1024 by default): every method attends over the same growing context,
+and no cropping or context shifting happens in any of them.
 
-Three methods decode `--new-tokens` tokens after a one-token prompt at each `--batches` size,
-all sampling with temperature 0.8 and top-k 200:
+Methods decode `--new-tokens` tokens after a one-token prompt at each `--batches` size, all
+sampling with temperature 0.8 and top-k 200 (`gptlab sample`'s defaults), the same weights:
 
-    engine        gptlab.infer.Engine(max_batch=batch): the prompt submitted as `batch` separate
-                  requests (one seed each), decoded together over the KV cache. The engine and
-                  its preallocated cache are built once per batch size, outside the timing.
-    engine_compiled  the same with Engine(compile=True): torch.compile'd forward passes (the
-                  warm-up run pays the compilation; `gptlab sample/chat/serve --compile`).
-    transformers  GPT2LMHeadModel.generate(use_cache=True) on a (batch, 1) prompt.
-    no_cache      the baseline: a nanoGPT-style loop that reruns the gptlab model over the whole
-                  context (cropped to seq_len) for every new token.
+    engine           gptlab's default path, as `gptlab sample/chat/serve` with no flag: the
+                     dtype of infer/plan.py (fp32 on a CPU) and the lean decode step
+                     (infer/fast_decode.py). Engine and cache are built outside the timing.
+    engine_int8      `--quantize int8`: weight-only int8 linears (infer/quantize.py), computing
+                     in the dtype plan.py picks for it (bf16 on an AVX-512 CPU).
+    engine_bf16      `--dtype bfloat16`: weights, activations and cache in bf16.
+    engine_compiled  `--compile`: torch.compile'd forward passes (the warm-up pays compiling).
+    transformers     GPT2LMHeadModel.generate(use_cache=True), fp32: the reference.
+    hf_static_compiled  generate(cache_implementation="static") with torch.compile'd forward:
+                     transformers' fastest like-for-like path (the warm-up pays compiling).
+    no_cache         a nanoGPT-style loop rerunning the model over the whole context per token.
 
-Each method is warmed up once with a few tokens, then timed (time.perf_counter) over
-`--repeats` rounds in which the methods take turns (so a drift of the machine's speed touches
-them all alike); the best run of each counts. tokens/s = batch * new_tokens / seconds.
+Each method is warmed up once, then timed (time.perf_counter) over `--repeats` rounds in which
+the methods take turns, so a drift of the machine's speed touches them all alike. Every run is
+reported; the ratio of a method to transformers is taken within each round (`ratios` per run,
+their min/median/max), and the target is met only if every round's ratio is >= 2.
 
-    GPTLAB_DATA_DIR=../shared/data python benchmarks/generate_speed.py [--batches 1 8]
+The quality of the lower precisions is measured against fp32 gptlab on the same weights:
+greedy tokens over `--quality-tokens` (500) new tokens (the share that agree, position by
+position, and the first position where they part), and the largest logit difference of one
+forward over 2 x 64 random tokens. (Val loss needs a trained run: docs/inference.md.)
+
+The bandwidth bound is what a step could not beat if it only had to read its weights once:
+weight bytes per token / copy bandwidth, measured here by copying a buffer of the weights'
+size (which may sit in cache) and one of 1 GiB (memory).
+
+    GPTLAB_DATA_DIR=../shared/data python benchmarks/generate_speed.py --batches 1 --repeats 5
     GPTLAB_DATA_DIR=../shared/data python benchmarks/generate_speed.py --quick   # smoke
 
-transformers is optional (`pip install transformers`). Output: a setup line (versions,
-threads), a conversion-check line, one JSON line per (method, batch), then a summary line with
-the engine's speed ratios (and a Markdown table on stderr).
+transformers is optional (`pip install transformers`). Output: a setup line (CPU model and its
+bf16/AMX flags, versions, threads), a conversion-check line, quality and bandwidth lines, one
+JSON line per (method, batch) with every run, then a summary line (and a table on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -48,9 +61,13 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
+from gptlab.ablate.runner import cpu_model
 from gptlab.infer.config import SamplingParams
 from gptlab.infer.engine import Engine, cast_for_inference
+from gptlab.infer.plan import cpu_flags, decode_dtype
+from gptlab.infer.quantize import quantize_int8
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.presets import shakespeare_char
@@ -64,12 +81,15 @@ except ImportError:
         "installed: pip install transformers"
     ) from None
 
-METHODS = ("engine", "engine_compiled", "transformers", "no_cache")
-OURS = ("engine", "engine_compiled")
+METHODS = ("engine", "engine_int8", "engine_bf16", "engine_compiled", "transformers",
+           "hf_static_compiled", "no_cache")  # fmt: skip
+DEFAULT_METHODS = ("engine", "engine_int8", "engine_bf16", "transformers", "hf_static_compiled")
+OURS = ("engine", "engine_int8", "engine_bf16", "engine_compiled")
+FLAGS_SHOWN = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx512_fp16")
 TEMPERATURE, TOP_K = 0.8, 200  # the sampling settings of `gptlab sample`
 CHECK_TOKENS = 50  # greedy tokens compared by the conversion check
 WARMUP_TOKENS = 8
-TARGET = "at batch 1 on CPU, engine >= 2x transformers"
+TARGET = "at batch 1 on CPU, engine (the default path) >= 2x transformers in every run"
 
 
 # -- the models ------------------------------------------------------------------------------
@@ -152,7 +172,12 @@ def engine_generate(
 
 @torch.inference_mode()
 def transformers_generate(
-    hf: GPT2LMHeadModel, prompt: torch.Tensor, new_tokens: int, temperature: float, seed: int
+    hf: GPT2LMHeadModel,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    temperature: float,
+    seed: int,
+    static: bool = False,
 ) -> torch.Tensor:
     """generate() with the KV cache on a (B, T) prompt; the new tokens (B, new_tokens)."""
     torch.manual_seed(seed)  # generate() samples from the global generator
@@ -164,6 +189,7 @@ def transformers_generate(
         min_new_tokens=new_tokens,
         use_cache=True,
         pad_token_id=0,
+        **({"cache_implementation": "static"} if static else {}),
         **(sampling if temperature > 0 else dict(do_sample=False)),
     )
     return out[:, prompt.size(1) :]
@@ -217,116 +243,214 @@ def check_conversion(model: GPT, hf: GPT2LMHeadModel, engine: Engine, device) ->
     }
 
 
-def method_runs(
-    model: GPT, hf: GPT2LMHeadModel, batch: int, args: argparse.Namespace
-) -> dict[str, Callable[[int], object]]:
-    """Each method as a function of the number of new tokens, for one batch size."""
-    token, temp, seed = args.prompt_token, TEMPERATURE, args.seed
-    prompt = torch.full((batch, 1), token, device=args.device)  # the same prompt in every row
-    engine = Engine(model, max_batch=batch)  # its cache is allocated once, here
-    compiled = Engine(model, max_batch=batch, compile=True)  # compiles in its warm-up run
+def lower_precision_models(model: GPT) -> dict[str, GPT]:
+    """gptlab's other paths on copies of the same fp32 weights: int8 (in plan.py's dtype) and
+    bf16."""
+    flags = cpu_flags()
+    int8_dtype = decode_dtype("cpu", flags, quantize="int8")
     return {
-        "engine": lambda n: engine_generate(engine, [token], batch, n, temp, seed),
-        "engine_compiled": lambda n: engine_generate(compiled, [token], batch, n, temp, seed),
-        "transformers": lambda n: transformers_generate(hf, prompt, n, temp, seed),
-        "no_cache": lambda n: no_cache_generate(model, prompt, n, temp, seed),
+        "engine_int8": quantize_int8(cast_for_inference(copy.deepcopy(model), int8_dtype)),
+        "engine_bf16": cast_for_inference(copy.deepcopy(model), torch.bfloat16),
     }
 
 
-def best_seconds(
+def method_runs(
+    model: GPT,
+    others: dict[str, GPT],
+    hf: GPT2LMHeadModel,
+    hf_compiled: GPT2LMHeadModel | None,
+    batch: int,
+    methods: list[str],
+    args: argparse.Namespace,
+) -> dict[str, Callable[[int], object]]:
+    """Each chosen method as a function of the number of new tokens, for one batch size."""
+    token, temp, seed = args.prompt_token, TEMPERATURE, args.seed
+    prompt = torch.full((batch, 1), token, device=args.device)  # the same prompt in every row
+    engines = {"engine": lambda: Engine(model, max_batch=batch),  # caches allocated here
+               "engine_compiled": lambda: Engine(model, max_batch=batch, compile=True),
+               **{m: (lambda m=m: Engine(others[m], max_batch=batch)) for m in others}}  # fmt: skip
+    runs: dict[str, Callable[[int], object]] = {}
+    for m in methods:
+        if m in engines:
+            e = engines[m]()
+            runs[m] = lambda n, e=e: engine_generate(e, [token], batch, n, temp, seed)
+    if "transformers" in methods:
+        runs["transformers"] = lambda n: transformers_generate(hf, prompt, n, temp, seed)
+    if "hf_static_compiled" in methods and hf_compiled is not None:
+        runs["hf_static_compiled"] = lambda n: transformers_generate(
+            hf_compiled, prompt, n, temp, seed, static=True
+        )
+    if "no_cache" in methods:
+        runs["no_cache"] = lambda n: no_cache_generate(model, prompt, n, temp, seed)
+    return runs
+
+
+def timed_rounds(
     runs: dict[str, Callable[[int], object]], new_tokens: int, repeats: int, device: torch.device
-) -> dict[str, float]:
-    """Warm each method up once with a few tokens, then time `repeats` rounds of new_tokens in
-    which the methods take turns; the fastest run of each counts. Taking turns spreads a drift
-    of the machine's speed over all methods instead of one, so their ratios stay fair."""
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Warm each method up once (its wall time is reported: compiling happens there), then
+    time `repeats` rounds of new_tokens in which the methods take turns; every run's seconds."""
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for run in runs.values():
-        run(WARMUP_TOKENS)
-    best = dict.fromkeys(runs, float("inf"))
+    warmup = {}
+    for method, run in runs.items():
+        t0 = time.perf_counter()
+        run(new_tokens if "compiled" in method else WARMUP_TOKENS)  # compiled: every length
+        warmup[method] = round(time.perf_counter() - t0, 2)
+    seconds: dict[str, list[float]] = {m: [] for m in runs}
     for _ in range(repeats):
         for method, run in runs.items():
             sync()
             t0 = time.perf_counter()
             run(new_tokens)
             sync()
-            best[method] = min(best[method], time.perf_counter() - t0)
-    return best
+            seconds[method].append(time.perf_counter() - t0)
+    return warmup, seconds
+
+
+@torch.inference_mode()
+def quality(model: GPT, others: dict[str, GPT], n_tokens: int, device) -> dict[str, dict]:
+    """Each lower precision against fp32 gptlab on the same weights: greedy-token agreement
+    over n_tokens and the largest logit difference of one forward."""
+    V = model.cfg.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(V, (1, 8), generator=g).tolist()[0]
+    x = torch.randint(V, (2, 64), generator=g).to(device)
+    ref_tokens = engine_generate(Engine(model, max_batch=1), prompt, 1, n_tokens, 0.0, 0)[0]
+    ref_logits = model(x).float()
+    out = {}
+    for name, other in others.items():
+        got = engine_generate(Engine(other, max_batch=1), prompt, 1, n_tokens, 0.0, 0)[0]
+        same = [a == b for a, b in zip(ref_tokens, got, strict=True)]
+        out[name] = {
+            "greedy_tokens": n_tokens,
+            "agree": round(sum(same) / n_tokens, 3),
+            "first_difference": same.index(False) if False in same else None,
+            "max_abs_logit_diff": float(f"{(other(x).float() - ref_logits).abs().max():.3g}"),
+            "logit_scale": float(f"{ref_logits.abs().max():.3g}"),
+        }
+    return out
+
+
+def copy_bandwidth(n_bytes: int) -> float:
+    """GB/s of copying a buffer of n_bytes (read n_bytes and write n_bytes: 2 n_bytes moved)."""
+    a = torch.empty(n_bytes // 4)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n_bytes / best / 1e9
+
+
+def bandwidth_bound(models: dict[str, nn.Module]) -> dict:
+    """Per path: the bytes of weights a batch-1 step reads (the tied token table read once as
+    the head) and the fastest tokens/s that allows at the measured copy bandwidths."""
+
+    def step_bytes(m: nn.Module) -> int:
+        skip = {"wte.weight", "wpe.weight"}  # lookups read one row, not the table
+        total = sum(t.numel() * t.element_size() for n, t in m.state_dict().items()
+                    if n not in skip)  # fmt: skip
+        if "lm_head.weight" not in m.state_dict():  # tied: the head reads the token table
+            total += m.wte.weight.numel() * m.wte.weight.element_size()
+        return total
+
+    sizes = {name: step_bytes(m) for name, m in models.items()}
+    near = copy_bandwidth(max(sizes.values()))
+    far = copy_bandwidth(2**30)
+    return {
+        "copy_GBps_weights_size": round(near, 1),
+        "copy_GBps_1GiB": round(far, 1),
+        **{name: {"MB_per_token": round(b / 1e6, 1),
+                  "bound_tok_s_weights_size_copy": round(near * 1e9 / b),
+                  "bound_tok_s_1GiB_copy": round(far * 1e9 / b)}
+           for name, b in sizes.items()},
+    }  # fmt: skip
+
+
+def spread(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    return {"min": round(xs[0], 2), "median": round(xs[len(xs) // 2], 2), "max": round(xs[-1], 2)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=500)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="timed rounds, the methods taking turns; the best run counts")  # fmt: skip
+    ap.add_argument("--batches", type=int, nargs="+", default=[1])
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed rounds, methods taking turns; every run counts")  # fmt: skip
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--prompt-token", type=int, default=0, help="0 is '\\n' in the char vocab")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
                     help="which methods to run")  # fmt: skip
+    ap.add_argument("--quality-tokens", type=int, default=500)
     ap.add_argument("--quick", action="store_true", help="50 new tokens, 1 repeat: a smoke test")
     a = ap.parse_args()
     new_tokens, repeats = (50, 1) if a.quick else (a.new_tokens, a.repeats)
-    device, dtype = torch.device(a.device), getattr(torch, a.dtype)
+    device = torch.device(a.device)
 
-    # One set of random weights, in gptlab and in transformers, on the device in the dtype.
-    cfg = model_config(context=max(1024, 1 + new_tokens, 8 + CHECK_TOKENS))
+    # One set of random weights, in gptlab (fp32, int8, bf16) and in transformers (fp32).
+    cfg = model_config(context=max(1024, 1 + new_tokens, 8 + CHECK_TOKENS, 8 + a.quality_tokens))
     torch.manual_seed(0)
     model = GPT(cfg)
-    hf = to_transformers(model).to(device=device, dtype=dtype)
-    model = cast_for_inference(model.to(device), dtype)
-    print(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__,
+    hf = to_transformers(model).to(device=device)
+    model = cast_for_inference(model.to(device), torch.float32)
+    others = lower_precision_models(model)
+    flags = cpu_flags()
+    print(json.dumps({"cpu": cpu_model(), "flags": [f for f in FLAGS_SHOWN if f in flags],
+                      "torch": torch.__version__, "transformers": transformers.__version__,
                       "threads": torch.get_num_threads(), "device": str(device),
-                      "dtype": a.dtype, "seq_len": cfg.seq_len, "new_tokens": new_tokens,
-                      "batches": a.batches, "repeats": repeats,
-                      "quick": a.quick}), flush=True)  # fmt: skip
+                      "default_dtype": str(decode_dtype(device.type, flags)),
+                      "int8_dtype": str(decode_dtype(device.type, flags, quantize="int8")),
+                      "seq_len": cfg.seq_len, "new_tokens": new_tokens, "batches": a.batches,
+                      "repeats": repeats, "quick": a.quick}), flush=True)  # fmt: skip
     check = check_conversion(model, hf, Engine(model, max_batch=1), device)
     print(json.dumps({"check": check}), flush=True)
+    print(json.dumps({"quality_vs_fp32": quality(model, others, a.quality_tokens, device)}),
+          flush=True)  # fmt: skip
+    print(json.dumps({"bandwidth": bandwidth_bound({"engine": model, **others})}), flush=True)
+
+    hf_compiled = None
+    if "hf_static_compiled" in a.methods:
+        hf_compiled = copy.deepcopy(hf)
+        hf_compiled.forward = torch.compile(hf_compiled.forward)
 
     results: list[dict] = []
+    summary: dict[str, dict] = {}
     for batch in a.batches:
-        runs = method_runs(model, hf, batch, a)
-        seconds_of = best_seconds({m: runs[m] for m in a.methods}, new_tokens, repeats, device)
-        for method, seconds in seconds_of.items():
-            r = {
-                "method": method,
-                "batch": batch,
-                "tokens_per_s": round(batch * new_tokens / seconds, 1),
-                "seconds": round(seconds, 3),
-            }
+        runs = method_runs(model, others, hf, hf_compiled, batch, a.methods, a)
+        warmup, seconds = timed_rounds(runs, new_tokens, repeats, device)
+        for method, times in seconds.items():
+            tok_s = [batch * new_tokens / t for t in times]
+            r = {"method": method, "batch": batch, "tokens_per_s": [round(x, 1) for x in tok_s],
+                 "best_tokens_per_s": round(max(tok_s), 1), "warmup_s": warmup[method]}  # fmt: skip
+            if "transformers" in seconds and method != "transformers":
+                ratios = [h / t for t, h in zip(times, seconds["transformers"], strict=True)]
+                r["vs_transformers_per_run"] = [round(x, 2) for x in ratios]
+                r["vs_transformers"] = spread(ratios)
+                if method in OURS:
+                    summary[f"{method}@{batch}"] = {**spread(ratios), "every_run_ge_2x":
+                                                    min(ratios) >= 2.0}  # fmt: skip
             results.append(r)
             print(json.dumps(r), flush=True)
+    print(json.dumps({"summary": {"vs_transformers_fp32_generate": summary,
+                                  "tokens_match": check["tokens_match"],
+                                  "target": TARGET, "quick": a.quick}}))  # fmt: skip
 
-    speed = {(r["method"], r["batch"]): r["tokens_per_s"] for r in results}
-
-    def ratio(ours: str, other: str) -> dict[str, float]:
-        return {str(b): round(speed[ours, b] / speed[other, b], 2)
-                for b in a.batches if (ours, b) in speed and (other, b) in speed}  # fmt: skip
-
-    ratios = {f"{ours}_vs_{other}": ratio(ours, other)
-              for ours in OURS for other in ("transformers", "no_cache")}  # fmt: skip
-    met = {ours: ratios[f"{ours}_vs_transformers"]["1"] >= 2.0
-           for ours in OURS if "1" in ratios[f"{ours}_vs_transformers"]}  # fmt: skip
-    print(json.dumps({"summary": {**ratios, "tokens_match": check["tokens_match"],
-                                  "target": TARGET, "target_met": met,
-                                  "quick": a.quick}}))  # fmt: skip
-
-    lines = [
-        "| method | batch | tokens/s | seconds | engine speedup | engine_compiled speedup |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = ["| method | batch | tokens/s (best) | runs | x transformers (min-max) |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for r in results:
-        b, m = str(r["batch"]), r["method"]
-        cells = [f"{ratios[f'{o}_vs_{m}'][b]:.2f}x" if f"{o}_vs_{m}" in ratios and
-                 b in ratios[f"{o}_vs_{m}"] else "-" for o in OURS]  # fmt: skip
-        lines.append(
-            f"| {m} | {b} | {r['tokens_per_s']:.1f} | {r['seconds']:.2f} | {' | '.join(cells)} |"
-        )
+        ratio = r.get("vs_transformers")
+        cell = f"{ratio['min']:.2f}-{ratio['max']:.2f}x" if ratio else "-"
+        runs_cell = " ".join(f"{x:.0f}" for x in r["tokens_per_s"])
+        lines.append(f"| {r['method']} | {r['batch']} | {r['best_tokens_per_s']:.1f} | "
+                     f"{runs_cell} | {cell} |")  # fmt: skip
     lines.append(
         f"\ngreedy tokens match transformers: {check['tokens_match']}; "
         f"max |logit diff| {check['max_abs_logit_diff']:.2g}"
