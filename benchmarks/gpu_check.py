@@ -39,6 +39,11 @@ MFU_TARGET = 0.50  # issue 20, on an H200
 VAL_TARGET = 1.47  # nanoGPT's shakespeare_char result (about 3 minutes on an A100)
 TIME_TARGET_S = 45.0  # issue 20, on an H200
 CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+NEEDED_DATA = (  # in GPTLAB_DATA_DIR: the text and the GPT-2 tokenizer's files
+    "tinyshakespeare/input.txt",
+    "gpt2_tokenizer/encoder.json",
+    "gpt2_tokenizer/vocab.bpe",
+)
 
 # Micro-batch 16 x 1024 with 4 micro-batches a step: 65,536 tokens, about a tenth of a second
 # a step on an H200, so 60 steps measure well past compilation in seconds.
@@ -106,10 +111,11 @@ def probe() -> int:
         )
         return 1
     data = os.environ.get("GPTLAB_DATA_DIR", "")
-    if not (Path(data) / "tinyshakespeare" / "input.txt").is_file():
+    missing = [p for p in NEEDED_DATA if not (Path(data) / p).exists()]
+    if missing:
         print(
-            f"gpu_check: GPTLAB_DATA_DIR={data!r} holds no tinyshakespeare/input.txt; point it "
-            "at the shared data folder (with gpt2_tokenizer/ too)",
+            f"gpu_check: GPTLAB_DATA_DIR={data!r} holds no {missing[0]}; point it at the shared "
+            "data folder (tinyshakespeare/ and gpt2_tokenizer/)",
             file=sys.stderr,
         )
         return 1
