@@ -26,13 +26,21 @@ own rows of the result.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from gptlab.optim.orthogonalize import orthogonalize
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether `t` is an FSDP shard. torch.distributed.tensor takes 0.5 s to import and only
+    FSDP runs load it: until then no tensor can be one."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
 
 UPDATE_RMS = 0.2  # target RMS of a Muon update: that of a typical AdamW update
 
@@ -82,7 +90,9 @@ def muon_update(
     """(new momentum buffer, Muon update direction of RMS ~0.2) for one matrix or expert stack
     (either a plain tensor or an FSDP DTensor shard)."""
     new_buf, direction = momentum_direction(grad, buf, momentum, nesterov)
-    if isinstance(direction, DTensor):  # gather the whole matrix, keep this rank's shard
+    if is_dtensor(direction):  # gather the whole matrix, keep this rank's shard
+        from torch.distributed.tensor import distribute_tensor
+
         full = orthogonalize_fn(direction.full_tensor(), method, steps, dtype)
         ortho = distribute_tensor(
             full, direction.device_mesh, direction.placements, src_data_rank=None
@@ -181,7 +191,7 @@ class MuonAdamW(torch.optim.Optimizer):
         for i, p in enumerate(params):
             if "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            if isinstance(p.grad, DTensor):
+            if is_dtensor(p.grad):
                 out[i] = self._muon_direction(p, group)
             else:
                 plain.append(i)

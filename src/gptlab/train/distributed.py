@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,17 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
-from torch.nn.parallel import DistributedDataParallel
+from torch.nn.parallel import DistributedDataParallel  # loaded by torch itself
 
 from gptlab import checkpoint
 from gptlab.config import to_dict
@@ -62,7 +53,25 @@ from gptlab.runtime import Runtime, seed_everything
 
 log = logging.getLogger(__name__)
 
-FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# torch's FSDP, DTensor and distributed-checkpoint modules are imported where a
+# distributed run needs them: together they take 0.7 s to import, which a one-process run (the
+# CPU default) never needs. Until one of them is imported, no model or tensor can be of its type.
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+def is_dtensor(t: Any) -> bool:
+    tensor = sys.modules.get("torch.distributed.tensor")
+    return tensor is not None and isinstance(t, tensor.DTensor)
+
+
+def _full_state_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def build_model(
@@ -110,6 +119,9 @@ def wrap_model(model: nn.Module, strategy: str, runtime: Runtime) -> nn.Module:
 def shard_model(model: nn.Module, runtime: Runtime) -> None:
     """Shard `model` in place with FSDP2 over all ranks: each block (and multi-token-prediction
     block) as one unit, then the root (embeddings, final norm, head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
     policy = MixedPrecisionPolicy(param_dtype=runtime.compute_dtype, reduce_dtype=torch.float32)
     for block in [*model.blocks, *model.mtp]:  # one all-gather per block, freed after use
@@ -128,7 +140,9 @@ def init_shards(model: GPT) -> None:
     for name, param in model.named_parameters():
         full = torch.empty(param.shape, dtype=param.dtype, device="cpu")  # where GPT(cfg) draws
         model.init_parameter(name, full)
-        if isinstance(param, DTensor):
+        if is_dtensor(param):
+            from torch.distributed.tensor import distribute_tensor
+
             full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements)
         param.copy_(full)
     model.init_buffers()
@@ -144,11 +158,13 @@ def load_weights(model: nn.Module, path: Path, adapters_only: bool = False) -> N
         except ValueError as e:
             raise GptlabError(f"{Path(path) / checkpoint.WEIGHTS}: {e}") from None
         return
-    if not isinstance(model, FSDPModule):
+    if not is_fsdp(model):
         checkpoint.load_weights(model, path)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     for module in model.modules():  # after a forward the root keeps its gathered weights
-        if isinstance(module, FSDPModule):
+        if is_fsdp(module):
             module.reshard()
     state = checkpoint.read_weights(path)
     for alias, name in checkpoint.tied_aliases(model).items():
@@ -235,14 +251,16 @@ def load_init_weights(model: nn.Module, source: WeightSource) -> None:
     missing = [n for n, _ in base if n not in source.names]
     if missing:
         raise GptlabError(f"--init-from {source.path} lacks weights {missing[:3]}")
-    if not isinstance(model, FSDPModule):
+    if not is_fsdp(model):
         for name, p in base:
             p.copy_(_init_tensor(name, p, source))
         log.info("initialised from %s", source.path)
         return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     state = {}
     for name, p in model.named_parameters():
-        current = p.full_tensor() if isinstance(p, DTensor) else p
+        current = p.full_tensor() if is_dtensor(p) else p
         state[name] = _init_tensor(name, current.cpu(), source)
     for alias, name in checkpoint.tied_aliases(model).items():
         state[alias] = state[name]
@@ -257,7 +275,12 @@ def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
 
     FSDP always reduce-scatters: skipping it would keep full-size unsharded gradients on every
     rank between micro-batches, undoing the memory saving FSDP is used for."""
-    if isinstance(wrapped, DistributedDataParallel) and not enabled:
+    parallel = sys.modules.get("torch.nn.parallel")  # imported by wrap_model for DDP
+    if (
+        parallel is not None
+        and isinstance(wrapped, parallel.DistributedDataParallel)
+        and not enabled
+    ):
         with wrapped.no_sync():
             yield
     else:
@@ -283,7 +306,7 @@ def sum_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
 
 def local_value(t: torch.Tensor) -> torch.Tensor:
     """A full plain tensor from a DTensor (e.g. FSDP's gradient norm), or `t` itself."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if is_dtensor(t) else t
 
 
 def gather_objects(obj: Any, runtime: Runtime) -> list[Any]:
@@ -304,16 +327,44 @@ def barrier(runtime: Runtime) -> None:
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """Full (unsharded) weights on CPU for rank 0 to save; None on other ranks of an FSDP job.
     Every rank must call it (it all-gathers FSDP shards)."""
-    if not isinstance(model, FSDPModule):
+    if not is_fsdp(model):
         return None  # plain and DDP models: rank 0 saves its own full copy directly
-    state = get_model_state_dict(model, options=FULL_ON_RANK0)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_full_state_options())
     return state or None
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer state keyed by parameter name, unsharded, on CPU (empty on ranks other than
-    0 when distributed). Every rank must call it. `model` is the unwrapped (or FSDP) module."""
-    return get_optimizer_state_dict(model, optimizer, options=FULL_ON_RANK0)
+    0 when distributed). Every rank must call it. `model` is the unwrapped (or FSDP) module.
+    A plain model's is built here (`named_optimizer_state`), in the format torch's
+    distributed checkpoint gives, without importing it."""
+    if not is_fsdp(model):
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return {}
+        return named_optimizer_state(model, optimizer)
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_state_options())
+
+
+def _positions(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter in the optimizer's own order (its state_dict's int ids)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with parameter names for its int ids and tensors on the CPU:
+    {"state": {name: {...}}, "param_groups": [{..., "params": [name, ...]}]}."""
+    raw, fqn = optimizer.state_dict(), _positions(model, optimizer)
+    state = {
+        fqn[i]: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+        for i, s in raw["state"].items()
+    }
+    groups = [{**g, "params": [fqn[i] for i in g["params"]]} for g in raw["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def load_optimizer_state(
@@ -324,6 +375,16 @@ def load_optimizer_state(
     if any(isinstance(k, int) for k in state.get("state", {})):
         optimizer.load_state_dict(state)
         return
+    if not is_fsdp(model):
+        index = {name: i for i, name in enumerate(_positions(model, optimizer))}
+        optimizer.load_state_dict({
+            "state": {index[n]: s for n, s in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]}
+                             for g in state["param_groups"]],
+        })  # fmt: skip
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
     set_optimizer_state_dict(
         model, optimizer, state, options=StateDictOptions(full_state_dict=True)
     )
