@@ -16,7 +16,8 @@ on TinyShakespeare from GPTLAB_DATA_DIR). Without it, the same recipe runs throu
 `gptlab train` instead (4 x 128, batch 12, 2000 steps, fp32), and the output says so.
 
 Every run is the whole command in a child process, timed from its start: `wall_s` to its
-exit, `time_to_target_s` to the first printed evaluation with val loss <= target. Runs
+exit, `time_to_target_s` to the first printed evaluation with val loss <= target (nanoGPT's recipe
+ends at 1.886, just above 1.88: its whole command is the anchor time then). Runs
 alternate (anchor, then ours for each seed, per repeat). The last line holds the medians, each
 of our runs as a ratio of the anchor's median, and whether every one is under 0.20. Prints the
 CPU model and its bf16/AMX flags first.
@@ -210,7 +211,12 @@ def main() -> None:
             "min_s": min(times, default=None),
             "max_s": max(times, default=None),
         }
-    base = summary["anchor"]["median_time_to_target_s"]
+    # nanoGPT's recipe ends just above the target (val 1.886 after its 2000 steps), so its
+    # time is its whole command, the figure the comparison has always used
+    walls = [r["wall_s"] for r in runs["anchor"]]
+    summary["anchor"]["median_wall_s"] = statistics.median(walls) if walls else None
+    summary["anchor"]["final_val_losses"] = [r["final_val_loss"] for r in runs["anchor"]]
+    base = summary["anchor"]["median_time_to_target_s"] or summary["anchor"]["median_wall_s"]
     if base and runs["ours"]:
         ratios = [
             round(r["time_to_target_s"] / base, 3) if r["time_to_target_s"] else None
