@@ -38,5 +38,12 @@ def translate(argv: list[str]) -> list[str]:
     return out
 
 
+DESCRIPTION = (
+    "Chat finetuning: gptlab train on conversations (--data FILE[,FILE...] is --sft.data), "
+    "from --init-from RUN_DIR|hf:DIR, with the sft preset's defaults unless --preset is given; "
+    "--lora.rank R for LoRA. docs/finetuning.md"
+)
+
+
 def run(argv: list[str]) -> int:
-    return train.run(translate(argv))
+    return train.run(translate(argv), prog="gptlab sft", description=DESCRIPTION)

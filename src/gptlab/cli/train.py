@@ -64,7 +64,9 @@ def build_config(argv: list[str]) -> tuple[RunConfig, bool, str]:
     return args.run, args.resume, note
 
 
-def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
+def parse_args(
+    argv: list[str], prog: str = "gptlab train", **help_kw: str
+) -> tuple[TrainArgs, str]:
     """The parsed command line and a note on where its config came from."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     pre.add_argument("--preset", default="")
@@ -116,7 +118,7 @@ def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
         except ConfigError as e:
             raise ConfigError(f"config file {known.config}: {e}") from None
     default = TrainArgs(preset=known.preset, config=known.config, resume=known.resume, run=base)
-    args = parse(TrainArgs, argv, prog="gptlab train", default=default, use_underscores=True)
+    args = parse(TrainArgs, argv, prog=prog, default=default, use_underscores=True, **help_kw)
     if args.init_from:  # the run records where its weights came from
         init_from = absolute_source(args.init_from)
         args = dataclasses.replace(
@@ -129,10 +131,12 @@ def parse_args(argv: list[str]) -> tuple[TrainArgs, str]:
     return args, note
 
 
-def build_auto_config(argv: list[str]) -> tuple[RunConfig, bool, str, Derivation | None]:
+def build_auto_config(
+    argv: list[str], prog: str = "gptlab train", **help_kw: str
+) -> tuple[RunConfig, bool, str, Derivation | None]:
     """build_config, then --auto.*: derive the config from the dial (seeing every other flag),
     and parse the flags again over it, so an explicit --optim.lr still overrides the derived."""
-    args, note = parse_args(argv)
+    args, note = parse_args(argv, prog, **help_kw)
     cfg, resume = args.run, args.resume
     if not args.auto.enabled:
         if args.auto != AutoConfig():
@@ -145,7 +149,7 @@ def build_auto_config(argv: list[str]) -> tuple[RunConfig, bool, str, Derivation
         )
     derivation = derive(cfg, args.auto)
     default = dataclasses.replace(args, run=derivation.config)
-    final = parse(TrainArgs, argv, prog="gptlab train", default=default, use_underscores=True).run
+    final = parse(TrainArgs, argv, prog=prog, default=default, use_underscores=True, **help_kw).run
     lines = derivation.to_dict(final)["derived"]
     shown = [
         f"    {line}" + (f"  [flag: {row['overridden_by']}]" if "overridden_by" in row else "")
@@ -211,8 +215,9 @@ def summary(cfg: RunConfig, runtime: Runtime, note: str) -> list[str]:
     ]
 
 
-def run(argv: list[str]) -> int:
-    cfg, resume, note, derivation = build_auto_config(argv)
+def run(argv: list[str], prog: str = "gptlab train", **help_kw: str) -> int:
+    """`gptlab train` (or `gptlab sft`, which passes its own prog and description)."""
+    cfg, resume, note, derivation = build_auto_config(argv, prog, **help_kw)
     launch = torchrun_launch()  # a single process unless started by torchrun
     main_rank = launch.rank == 0
     setup_logging(quiet=not main_rank)
