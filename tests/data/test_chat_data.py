@@ -20,10 +20,10 @@ from gptlab.data.chat import (
     ChatLoader,
     fixed_chat_batches,
     pack_rows,
-    read_conversations,
     split_examples,
     tokenize_conversations,
 )
+from gptlab.data.conversations import read_conversations
 from gptlab.errors import GptlabError
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT

@@ -23,10 +23,10 @@ from gptlab.data.chat import (
     ChatExamples,
     ChatLoader,
     fixed_chat_batches,
-    read_conversations,
     split_examples,
     tokenize_conversations,
 )
+from gptlab.data.conversations import read_conversations
 from gptlab.data.loader import Batch, build_loader, fixed_batches
 from gptlab.data.prepare import prepare
 from gptlab.data.registry import Locations, resolve_chat_data, sha256_file
