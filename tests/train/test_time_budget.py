@@ -101,3 +101,29 @@ def test_the_time_budget_survives_resume(tiny_run, locations, tmp_path, monkeypa
     assert result.step == 12  # 4 s from the checkpoint at step 4, then 8 more steps
     evals = [r for r in _rows(tmp_path / "run") if "val_loss" in r]
     assert [(r["step"], r["train_time_s"]) for r in evals] == [(4, 4.0), (8, 8.0), (12, 12.0)]
+
+
+class BusyClock(FakeClock):
+    """A clock that moves on every reading, so time passes between any two lines of the loop
+    (logging, the next step's start), not only inside steps."""
+
+    def __call__(self) -> float:
+        self.now += 0.3
+        return self.now
+
+
+def test_the_budget_running_out_between_steps_still_ends_with_an_eval(
+    tiny_run, locations, tmp_path, monkeypatch
+):
+    """The time is up only when a step has just finished: a budget crossed between the check and
+    the next step's start must not end the run without its final evaluation and checkpoint."""
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=BusyClock()))
+    cfg = _budgeted(tiny_run, tmp_path / "run", max_seconds=3.0)
+    result = train(cfg, make_runtime("cpu", "float32"), locations)
+    evals = [r for r in _rows(tmp_path / "run") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [result.step]
+    assert 0 < result.step < 1000
+
+    again = train(cfg, make_runtime("cpu", "float32"), locations, resume=True)
+    assert again.step == result.step  # the budget was spent: resuming trains nothing more
+    assert [r["step"] for r in _rows(tmp_path / "run") if "val_loss" in r] == [result.step]

@@ -374,6 +374,8 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             seconds = _slowest(seconds, rt)  # so they set the same lr and stop at the same step
         return seconds
 
+    if tc.max_seconds and trained_before >= tc.max_seconds:
+        return last_val  # resumed a run whose time budget was already spent (and evaluated)
     job.model.train()
     for step in range(p.step, tc.max_steps):
         B, T, accum = tc.shape_at(step, cfg.model.seq_len, W)
@@ -383,9 +385,9 @@ def _run_steps(job: _Job, t_start: float, on_step: Callable[[int, float], None] 
             except ValueError as e:  # e.g. a window longer than the data
                 raise GptlabError(f"the stage from step {step}: {e}") from None
             log.info("step %d: micro-batch %d x %d tokens, %d per step", step, B, T, accum)
+        # the clock at this step's start sets its lr; whether the time is up was decided at the
+        # end of the last step (deciding here too would stop without a final evaluation)
         p.train_time_s = train_time()
-        if tc.max_seconds and p.train_time_s >= tc.max_seconds:
-            break  # resumed a run whose time budget was already spent
         at = schedule_step(
             step, tc.max_steps, p.train_time_s, tc.max_seconds, cfg.optim.warmup_steps
         )
