@@ -19,6 +19,7 @@ from torch import nn
 
 from gptlab.optim.config import OptimConfig
 from gptlab.optim.groups import GROUP_KINDS, split_params
+from gptlab.optim.lazy_compiler import defer_compiler_import
 from gptlab.optim.muon import MuonAdamW
 from gptlab.optim.schedule import group_peaks
 
@@ -34,6 +35,7 @@ def build_optimizer(
     """The optimizer `cfg` asks for, over the trainable parameters (see module docstring).
     `compile_orthogonalize` compiles Muon's orthogonalisation with torch.compile;
     `orthogonalize_dtype` is the dtype it computes in (None: bf16 on CUDA, else exact)."""
+    defer_compiler_import()  # building an optimizer no longer imports torch._dynamo (~1 s)
     split = split_params(named_params, cfg.name)
     groups = []
     for name, pairs in split.items():

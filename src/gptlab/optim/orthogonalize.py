@@ -50,12 +50,15 @@ def odd_quintic_iterations(
     wide = X.size(-2) <= X.size(-1)
     if not wide:
         X = X.mT  # (..., n, m): iterate with the smaller Gram matrix
+    lead, (m, n) = X.shape[:-2], X.shape[-2:]
+    X = X.reshape(-1, m, n)  # (k, m, n): one batch of matrices, so each product is one bmm
     # ||X||_F >= largest singular value, so afterwards every singular value is <= 1 / safety
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + eps)
     for a, b, c in coeffs:
-        A = X @ X.mT  # (..., m, m)
-        B = b * A + c * (A @ A)  # (..., m, m)
-        X = a * X + B @ X  # (..., m, n)
+        A = torch.bmm(X, X.mT)  # (k, m, m)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2, scaled inside the product
+        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X  (k, m, n)
+    X = X.reshape(*lead, m, n)
     return X if wide else X.mT
 
 
