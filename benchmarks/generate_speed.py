@@ -16,9 +16,12 @@ and no cropping or context shifting happens in any of them.
 Methods decode `--new-tokens` tokens after a one-token prompt at each `--batches` size, all
 sampling with temperature 0.8 and top-k 200 (`gptlab sample`'s defaults), the same weights:
 
-    engine           gptlab's default path, as `gptlab sample/chat/serve` with no flag: the
-                     dtype of infer/plan.py (fp32 on a CPU) and the lean decode step
+    engine           gptlab's default path, as `gptlab sample/chat/serve` with no flag
+                     (`--quantize auto`): infer/plan.py's rule picks int8 weights on a CPU with
+                     AVX-512 and the checkpoint's fp32 weights elsewhere (the setup line says
+                     which: `default_weights`), with the lean decode step
                      (infer/fast_decode.py). Engine and cache are built outside the timing.
+    engine_fp32      `--quantize none`: the exact fp32 weights, lean decode step.
     engine_int8      `--quantize int8`: weight-only int8 linears (infer/quantize.py), computing
                      in the dtype plan.py picks for it (bf16 on an AVX-512 CPU).
     engine_bf16      `--dtype bfloat16`: weights, activations and cache in bf16.
@@ -66,8 +69,8 @@ from torch import nn
 from gptlab.ablate.runner import cpu_model
 from gptlab.infer.config import SamplingParams
 from gptlab.infer.engine import Engine, cast_for_inference
-from gptlab.infer.plan import cpu_flags, decode_dtype
-from gptlab.infer.quantize import quantize_int8
+from gptlab.infer.plan import cpu_flags, decode_dtype, decode_quantize
+from gptlab.infer.quantize import has_int8_kernel, quantize_int8
 from gptlab.model.config import ModelConfig
 from gptlab.model.gpt import GPT
 from gptlab.presets import shakespeare_char
@@ -81,10 +84,11 @@ except ImportError:
         "installed: pip install transformers"
     ) from None
 
-METHODS = ("engine", "engine_int8", "engine_bf16", "engine_compiled", "transformers",
-           "hf_static_compiled", "no_cache")  # fmt: skip
-DEFAULT_METHODS = ("engine", "engine_int8", "engine_bf16", "transformers", "hf_static_compiled")
-OURS = ("engine", "engine_int8", "engine_bf16", "engine_compiled")
+METHODS = ("engine", "engine_fp32", "engine_int8", "engine_bf16", "engine_compiled",
+           "transformers", "hf_static_compiled", "no_cache")  # fmt: skip
+DEFAULT_METHODS = ("engine", "engine_fp32", "engine_int8", "engine_bf16", "transformers",
+                   "hf_static_compiled")  # fmt: skip
+OURS = ("engine", "engine_fp32", "engine_int8", "engine_bf16", "engine_compiled")
 FLAGS_SHOWN = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx512_fp16")
 TEMPERATURE, TOP_K = 0.8, 200  # the sampling settings of `gptlab sample`
 CHECK_TOKENS = 50  # greedy tokens compared by the conversion check
@@ -254,6 +258,17 @@ def lower_precision_models(model: GPT) -> dict[str, GPT]:
     }
 
 
+def default_weights(device: torch.device) -> str:
+    """What `--quantize auto` (no flag) decodes with on this machine: 'int8' or 'fp32'."""
+    auto = decode_quantize(device.type, cpu_flags(), "auto", "auto", has_int8_kernel())
+    return "int8" if auto == "int8" else "fp32"
+
+
+def default_model(model: GPT, others: dict[str, GPT]) -> GPT:
+    """The model the default path decodes with: the int8 copy where the rule picks int8."""
+    return others["engine_int8"] if default_weights(model.wte.weight.device) == "int8" else model
+
+
 def method_runs(
     model: GPT,
     others: dict[str, GPT],
@@ -266,7 +281,9 @@ def method_runs(
     """Each chosen method as a function of the number of new tokens, for one batch size."""
     token, temp, seed = args.prompt_token, TEMPERATURE, args.seed
     prompt = torch.full((batch, 1), token, device=args.device)  # the same prompt in every row
-    engines = {"engine": lambda: Engine(model, max_batch=batch),  # caches allocated here
+    default = default_model(model, others)
+    engines = {"engine": lambda: Engine(default, max_batch=batch),  # caches allocated here
+               "engine_fp32": lambda: Engine(model, max_batch=batch),
                "engine_compiled": lambda: Engine(model, max_batch=batch, compile=True),
                **{m: (lambda m=m: Engine(others[m], max_batch=batch)) for m in others}}  # fmt: skip
     runs: dict[str, Callable[[int], object]] = {}
@@ -406,7 +423,8 @@ def main() -> None:
     print(json.dumps({"cpu": cpu_model(), "flags": [f for f in FLAGS_SHOWN if f in flags],
                       "torch": torch.__version__, "transformers": transformers.__version__,
                       "threads": torch.get_num_threads(), "device": str(device),
-                      "default_dtype": str(decode_dtype(device.type, flags)),
+                      "default_weights": default_weights(device),
+                      "fp32_dtype": str(decode_dtype(device.type, flags)),
                       "int8_dtype": str(decode_dtype(device.type, flags, quantize="int8")),
                       "seq_len": cfg.seq_len, "new_tokens": new_tokens, "batches": a.batches,
                       "repeats": repeats, "quick": a.quick}), flush=True)  # fmt: skip
@@ -414,7 +432,7 @@ def main() -> None:
     print(json.dumps({"check": check}), flush=True)
     print(json.dumps({"quality_vs_fp32": quality(model, others, a.quality_tokens, device)}),
           flush=True)  # fmt: skip
-    print(json.dumps({"bandwidth": bandwidth_bound({"engine": model, **others})}), flush=True)
+    print(json.dumps({"bandwidth": bandwidth_bound({"engine_fp32": model, **others})}), flush=True)
 
     hf_compiled = None
     if "hf_static_compiled" in a.methods:

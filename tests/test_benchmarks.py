@@ -128,3 +128,27 @@ def test_gpu_check_stops_a_run_at_its_target(tmp_path, monkeypatch, capsys):
     assert last[2] <= 3.2 and all(val > 3.2 for _, _, val in before)
     assert row["step_at_target"] == row["val_curve"][-1][0] < 100000
     assert all(isinstance(row[k], float) for k in ("elapsed_s_at_target", "wall_s_to_target"))
+
+
+def test_quantize_quality_reports_both_weight_formats(cli_env, text_file):
+    """benchmarks/quantize_quality.py on a tiny trained run: both formats scored on the same
+    val windows, and the comparison's figures are in range (nothing about timing)."""
+    from gptlab.cli.main import main
+
+    train = ["train", "--preset", "tiny", "--train.max_steps", "20", "--train.out_dir", "r"]
+    assert main([*train, "--data.dataset", str(text_file)]) == 0
+    script = BENCHMARKS / "quantize_quality.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "r", "--greedy-tokens", "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    setup, r = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert "cpu" in setup
+    assert r["none"]["weights"] == "float32 weights" and "int8 weights" in r["int8"]["weights"]
+    assert r["val_windows"] > 0 and r["val_tokens"] == r["val_windows"] * 32  # tiny: T = 32
+    assert abs(r["none"]["val_loss"] - r["int8"]["val_loss"]) < 0.1  # a small perturbation
+    assert 0 < r["max_abs_logit_diff"] < r["largest_logit"]
+    assert r["greedy"]["tokens"] == 20 and 0 <= r["greedy"]["agree"] <= 1

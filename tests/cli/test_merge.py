@@ -14,7 +14,7 @@ from gptlab.data.config import SFTConfig
 from gptlab.model.config import LoRAConfig
 from lora_checkpoint import tiny_cfg, write_base_run, write_lora_run
 
-SAMPLE = ["--max_new_tokens", "20", "--seed", "3"]
+SAMPLE = ["--max_new_tokens", "20", "--seed", "3", "--quantize", "none"]  # exact weights
 
 
 @pytest.fixture
@@ -50,6 +50,8 @@ def test_merge_writes_a_plain_run_that_samples_the_same(runs, capsys):
     expected = capsys.readouterr().out
     assert main(["sample", "merged", *SAMPLE]) == 0
     assert capsys.readouterr().out == expected
+    # int8 weights (the default on an AVX-512 CPU) take a LoRA run's base and adapters alike
+    assert main(["sample", "lora", "--max_new_tokens", "5", "--quantize", "int8"]) == 0
 
 
 def test_merge_refusals_are_one_line_exit_2(runs, capsys):

@@ -1,6 +1,7 @@
 """Weight-only int8 (infer/quantize.py): the layer multiplies by its dequantised weight, the
 fused CPU kernel agrees with the reference product, a quantised model decodes greedily much as
-the fp32 one does, and `--quantize int8` runs on sample."""
+the fp32 one does, `--quantize int8` runs on sample, and the default `--quantize auto` follows
+infer/plan.py's rule."""
 
 from __future__ import annotations
 
@@ -84,3 +85,32 @@ def test_sample_quantize_int8_flag(cli_env, capsys, text_file):
     out = capsys.readouterr().out
     assert out.startswith("th") and len(out) >= 32
     assert main([*args, "--quantize", "int4"]) == 2  # not a choice: a usage error
+
+
+def test_sample_chat_and_serve_default_to_the_plan_rule(cli_env, capsys, text_file, monkeypatch):
+    """No flag: `--quantize auto`, which plan.py's rule resolves per machine. On a CPU with
+    AVX-512 the text comes from int8 weights and sample says so on stderr (stdout stays the
+    text); `--quantize none` decodes the exact weights, silently. The rule is pinned both ways
+    here, so the test means the same on every CPU."""
+    from gptlab.infer import load
+
+    train = ["train", "--preset", "tiny", "--train.max_steps", "20"]
+    assert main([*train, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
+    args = ["sample", "r", "--prompt", "th", "--max-new-tokens", "30", "--seed", "7"]
+    for flags, quantized in ((frozenset({"avx512f", "avx512bw"}), True), (frozenset(), False)):
+        monkeypatch.setattr(load, "cpu_flags", lambda flags=flags: flags)
+        capsys.readouterr()
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("th") and len(out) >= 32
+        assert ("int8 weights" in err and "--quantize none" in err) == quantized, err
+        assert main([*args, "--quantize", "none"]) == 0
+        exact = capsys.readouterr()
+        assert exact.err == "" and exact.out.startswith("th")
+        assert main([*args, "--quantize", "int8"]) == 0
+        assert "int8 weights" not in capsys.readouterr().err  # asked for: nothing to point out
+        loaded = load.load_for_inference(cli_env / "r", "best", torch.device("cpu"), "auto", "auto")
+        assert loaded.quantized == ("int8" if quantized else None)
+        assert ("int8 weights" in loaded.describe()) == quantized
+        plain = any(type(m) is nn.Linear for m in loaded.model.modules())
+        assert plain != quantized

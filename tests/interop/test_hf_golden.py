@@ -221,7 +221,16 @@ def test_greedy_sample_matches_transformers_generate(cli_env, capsys):
     assert main(["export", "run", "--format", "hf", "--out", "exported"]) == 0
     capsys.readouterr()
     prompt = "The king said"
-    args = ["--temperature", "0", "--max_new_tokens", "12", "--prompt", prompt]
+    args = [
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "12",
+        "--prompt",
+        prompt,
+        "--quantize",
+        "none",
+    ]
     assert main(["sample", "run", *args]) == 0
     ours = capsys.readouterr().out.rstrip("\n")
     assert main(["sample", "hf:exported", *args]) == 0  # on the fly: the same text

@@ -59,10 +59,14 @@ def _norm(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _linear(module: nn.Module) -> Linear:
-    """nn.Linear as one F.linear call; another layer (e.g. an int8 one) by its own forward."""
+    """nn.Linear as one mm (addmm with a bias) on its weight's transposed view: what F.linear
+    ends in for 2-D input, minus three dispatcher hops (linear, t, matmul) per call; another
+    layer (e.g. an int8 one) by its own forward."""
     if type(module) is nn.Linear:
-        w, b = module.weight, module.bias
-        return lambda x: F.linear(x, w, b)
+        wt, b = module.weight.t(), module.bias  # (in, out) view
+        if b is None:
+            return lambda x: torch.mm(x, wt)
+        return lambda x: torch.addmm(b, x, wt)
     return module.forward
 
 
@@ -124,7 +128,7 @@ class FastDecode:
     @staticmethod
     def _head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """Final hidden states (B, C) -> fp32 logits (B, V): GPT.logits, with a plain fp32
-        head as one F.linear and a slice (no module call, no cast)."""
+        head as one mm and a slice (no module call, no cast)."""
         head, cfg = model.lm_head, model.cfg
         if (
             type(head) is not nn.Linear
@@ -132,8 +136,8 @@ class FastDecode:
             or cfg.logit_softcap is not None
         ):
             return model.logits
-        w, V = head.weight, cfg.vocab_size
-        return lambda h: F.linear(h, w)[:, :V]
+        wt, V = head.weight.t(), cfg.vocab_size
+        return lambda h: torch.mm(h, wt)[:, :V]
 
     def _cache_rows(self, B: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Views (B, Hkv, S, D) of every layer's keys and values, rows 0..B-1, made once per
@@ -165,9 +169,11 @@ class FastDecode:
                 q, k, v = q.view(B, H, 1, D), k.view(B, Hkv, 1, D), v.view(B, Hkv, 1, D)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-            kc[:, :, start:end] = k  # this step's keys and values into their slot
-            vc[:, :, start:end] = v
-            y = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], **self.gqa)
+            kc.narrow(2, start, 1).copy_(k)  # this step's keys and values into their slot
+            vc.narrow(2, start, 1).copy_(v)
+            y = F.scaled_dot_product_attention(
+                q, kc.narrow(2, 0, end), vc.narrow(2, 0, end), **self.gqa
+            )
             x = layer.add_proj(x, y.view(B, H * D))  # x + proj(y): (B, C)
             x = layer.add_fc_out(x, layer.activation(layer.fc(layer.ln_2(x))))  # (B, C)
         return self.head(self.ln_f(x))  # (B, V), fp32

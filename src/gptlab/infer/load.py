@@ -29,8 +29,8 @@ from gptlab import checkpoint
 from gptlab.config import from_dict, to_dict
 from gptlab.errors import GptlabError
 from gptlab.infer.engine import cast_for_inference
-from gptlab.infer.plan import cpu_flags, decode_dtype
-from gptlab.infer.quantize import quantize_int8
+from gptlab.infer.plan import cpu_flags, decode_dtype, decode_quantize
+from gptlab.infer.quantize import has_int8_kernel, quantize_int8
 from gptlab.interop import hf as interop
 from gptlab.interop.convert import import_tensor
 from gptlab.interop.tensors import TensorSource
@@ -54,6 +54,15 @@ class Loaded:
     tokenizer: Tokenizer
     config: dict[str, Any]  # the run's full stored config
     path: Path  # the checkpoint directory read
+    quantized: str | None = None  # the weight format inference uses: None or "int8"
+
+    def describe(self) -> str:
+        """One line for a CLI: the weights and dtype decoding uses."""
+        p = next(iter(self.model.parameters()), None)
+        dtype = str(p.dtype).removeprefix("torch.") if p is not None else "?"
+        if self.quantized:
+            return f"{self.quantized} weights, {dtype} activations"
+        return f"{dtype} weights"
 
 
 def hf_folder(spec: str | Path) -> Path | None:
@@ -331,13 +340,16 @@ def load_for_inference(
 ) -> Loaded:
     """Model (eval mode, compute dtype, on device) and tokenizer of a run's checkpoint, or of
     an hf:DIR model converted on the fly; `quantize="int8"` stores its linears' weights in int8
-    (infer/quantize.py)."""
+    (infer/quantize.py), "auto" does so where infer/plan.py's rule says it is faster, and
+    None or "none" (the default) keeps the weights as they are."""
     device = torch.device(device)
+    quantize = decode_quantize(
+        device.type, cpu_flags(), quantize or "none", dtype, int8_kernel=has_int8_kernel()
+    )
     loaded = _load(run_dir, which, device, inference_dtype(device, dtype, quantize))
     if quantize == "int8":
         quantize_int8(loaded.model)
-    elif quantize is not None:
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    loaded.quantized = quantize
     return loaded
 
 

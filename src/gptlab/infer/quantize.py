@@ -39,14 +39,15 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.cache
-def _has_int8_kernel() -> bool:
+def has_int8_kernel() -> bool:
+    """Whether this torch has the fused int8-weight matmul (`_weight_int8pack_mm`)."""
     return hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
 def int8_kernel(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether torch's fused int8-weight matmul is the fast path for activations of `dtype` on
     `device`: bf16 on a CPU (its AVX-512 loop; the caller checks the CPU has AVX-512)."""
-    return device.type == "cpu" and dtype == torch.bfloat16 and _has_int8_kernel()
+    return device.type == "cpu" and dtype == torch.bfloat16 and has_int8_kernel()
 
 
 class Int8Linear(nn.Module):

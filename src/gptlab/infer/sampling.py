@@ -131,7 +131,11 @@ class Sampler:
             )  # (B, V) x 2, sorted
         else:
             probs, order = (logits.float() / self.tau).softmax(dim=-1), None  # (B, V)
-        u = torch.stack([torch.rand((), generator=g) for g in self.generators])  # (B,)
+        gens = self.generators
+        if len(gens) == 1:  # the same number torch.rand((), generator=g) gives, in one call
+            u = torch.rand(1, generator=gens[0])  # (1,)
+        else:
+            u = torch.stack([torch.rand((), generator=g) for g in gens])  # (B,)
         ids = draw(probs, order, u.to(probs.device)).tolist()
         if greedy is None:
             return ids
