@@ -10,6 +10,7 @@ from gptlab.infer.plan import cpu_flags, decode_dtype, decode_quantize
 XEON_AMX = frozenset({"avx512f", "avx512bw", "avx512_bf16", "amx_bf16", "amx_tile"})
 EPYC_ZEN4 = frozenset({"avx512f", "avx512bw", "avx512_bf16"})
 AVX2_ONLY = frozenset({"avx2", "fma"})
+AVX512_NO_BF16 = frozenset({"avx512f", "avx512bw", "avx512vl"})  # e.g. Skylake-SP
 
 
 @pytest.mark.parametrize("flags", [XEON_AMX, EPYC_ZEN4, AVX2_ONLY, frozenset()])
@@ -39,7 +40,14 @@ def test_cpu_flags_reads_this_machine():
 
 
 @pytest.mark.parametrize(
-    "flags, want", [(XEON_AMX, "int8"), (EPYC_ZEN4, "int8"), (AVX2_ONLY, None), (frozenset(), None)]
+    "flags, want",
+    [
+        (XEON_AMX, "int8"),
+        (EPYC_ZEN4, "int8"),
+        (AVX512_NO_BF16, None),
+        (AVX2_ONLY, None),
+        (frozenset(), None),
+    ],  # fmt: skip
 )
 def test_auto_quantizes_where_the_fused_int8_kernel_is_fast(flags, want):
     assert decode_quantize("cpu", flags) == want  # "auto" is the default

@@ -97,7 +97,8 @@ def test_sample_chat_and_serve_default_to_the_plan_rule(cli_env, capsys, text_fi
     train = ["train", "--preset", "tiny", "--train.max_steps", "20"]
     assert main([*train, "--data.dataset", str(text_file), "--train.out_dir", "r"]) == 0
     args = ["sample", "r", "--prompt", "th", "--max-new-tokens", "30", "--seed", "7"]
-    for flags, quantized in ((frozenset({"avx512f", "avx512bw"}), True), (frozenset(), False)):
+    avx512_bf16 = frozenset({"avx512f", "avx512bw", "avx512_bf16"})
+    for flags, quantized in ((avx512_bf16, True), (frozenset(), False)):
         monkeypatch.setattr(load, "cpu_flags", lambda flags=flags: flags)
         capsys.readouterr()
         assert main(args) == 0

@@ -42,10 +42,10 @@ class SampleArgs:
     compile: bool = False
     """Run the model through torch.compile: a slower start (it compiles), faster tokens."""
     quantize: Literal["auto", "none", "int8"] = "auto"
-    """Weight format for decoding. auto = int8 on a CPU with AVX-512 when --dtype is auto (there
-    about 1.4x faster per token than fp32, val loss equal within noise: docs/inference.md), else
-    none; none = the checkpoint's weights as they are (exact fp32 on a CPU); int8 = weight-only
-    int8 linears with per-channel scales, anywhere."""
+    """Weight format for decoding. auto = int8 on a CPU with AVX-512 and AVX512-BF16 when
+    --dtype is auto (there about 1.4x faster per token than fp32, val loss equal within noise:
+    docs/inference.md), else none; none = the checkpoint's weights as they are (exact fp32 on a
+    CPU); int8 = weight-only int8 linears with per-channel scales, anywhere."""
     sample: Annotated[SampleConfig, tyro.conf.arg(name="")] = SampleConfig()
 
 

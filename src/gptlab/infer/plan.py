@@ -14,10 +14,10 @@ the same 25 products), so with AVX-512 int8 computes in bf16, and elsewhere in f
 weights dequantised inside each product (correct, not faster). On a GPU, bf16 where supported.
 
 `decode_quantize` is the rule for `--quantize auto`, the default of sample, chat and serve:
-int8 exactly where that fused kernel is fast (a CPU with AVX-512, the dtype left to auto), since
-there it decodes about 1.4x faster than the best fp32 step (2.7x transformers' fp32 `generate`
-at batch 1, against 2.0x) for a val loss equal within noise (docs/inference.md); everywhere
-else the weights stay as they are. Library calls (`load_for_inference`) default to no
+int8 where that fused kernel is fast (a CPU with AVX-512 and AVX512-BF16, the dtype left to
+auto), since there it decodes about 1.4x faster than the best fp32 step (2.7x transformers'
+fp32 `generate` at batch 1, against 2.0x) for a val loss equal within noise
+(docs/inference.md); everywhere else the weights stay as they are. Library calls (`load_for_inference`) default to no
 quantisation, and `gptlab eval` never quantises.
 """
 
@@ -30,6 +30,9 @@ import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AVX512 = frozenset({"avx512f", "avx512bw"})  # what torch's AVX-512 kernels need
+# where --quantize auto picks int8: AVX-512 with native bf16 arithmetic for the activations,
+# the kind measured (a Xeon with AMX; an AMD EPYC Zen 4 has these flags too, unmeasured)
+AUTO_INT8 = AVX512 | {"avx512_bf16"}
 
 
 @functools.cache
@@ -57,12 +60,13 @@ def decode_quantize(
     int8_kernel: bool = True,
 ) -> str | None:
     """The weight format of inference: None (the checkpoint's weights) or 'int8'. 'auto' is
-    int8 on a CPU with AVX-512 and torch's fused int8 kernel (`int8_kernel`) when the dtype is
-    also left to auto (an explicit --dtype asks for that precision), else None."""
+    int8 on a CPU with AVX-512 and AVX512-BF16 and torch's fused int8 kernel (`int8_kernel`)
+    when the dtype is also left to auto (an explicit --dtype asks for that precision), else
+    None."""
     if requested not in QUANTIZE:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {requested!r}")
     if requested == "auto":
-        fast = device_type == "cpu" and dtype == "auto" and flags >= AVX512 and int8_kernel
+        fast = device_type == "cpu" and dtype == "auto" and flags >= AUTO_INT8 and int8_kernel
         return "int8" if fast else None
     return None if requested == "none" else requested
 
