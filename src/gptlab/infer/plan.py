@@ -17,8 +17,8 @@ weights dequantised inside each product (correct, not faster). On a GPU, bf16 wh
 int8 where that fused kernel is fast (a CPU with AVX-512 and AVX512-BF16, the dtype left to
 auto), since there it decodes about 1.4x faster than the best fp32 step (2.7x transformers'
 fp32 `generate` at batch 1, against 2.0x) for a val loss equal within noise
-(docs/inference.md); everywhere else the weights stay as they are. Library calls (`load_for_inference`) default to no
-quantisation, and `gptlab eval` never quantises.
+(docs/inference.md); everywhere else the weights stay as they are. Library calls
+(`load_for_inference`) default to no quantisation, and `gptlab eval` never quantises.
 """
 
 from __future__ import annotations
