@@ -16,6 +16,8 @@ and draws the next. Samples finish on EOS, a stop token or string, or max_new_to
 their rows for the next waiting request (continuous batching). Rows of different lengths decode
 together; model/kv_cache.py explains how.
 
+The records it fills in and hands back (Request, Sequence, Event) live in infer/request.py.
+
 `compile=True` runs each decode step through torch.compile: the first steps compile (seconds
 to a minute; `warm_up()` does it ahead), then decoding runs with fused kernels and far less
 per-operation overhead, which is what limits batch-1 decoding on a CPU.
@@ -38,7 +40,6 @@ in it, and their rows are freed the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections import deque
@@ -51,6 +52,7 @@ from torch import nn
 from gptlab.infer import fast_decode
 from gptlab.infer.config import SamplingParams
 from gptlab.infer.fast_decode import FastDecode
+from gptlab.infer.request import Event, Request, Sequence, raise_failed
 from gptlab.infer.sampling import Sampler
 from gptlab.infer.text import TextStream
 from gptlab.model.kv_cache import CacheStep, KVCache
@@ -59,62 +61,6 @@ from gptlab.tokenizer.base import Tokenizer
 
 log = logging.getLogger(__name__)
 Overflow = Literal["shift", "error"]
-
-
-@dataclasses.dataclass(eq=False)
-class Sequence:
-    """One sample of a request: its tokens, its row in the cache, its text so far."""
-
-    request: Request
-    index: int  # which of the request's n samples
-    tokens: list[int]  # prompt + generated, the last one not yet in the cache
-    generator: torch.Generator
-    stream: TextStream | None
-    row: int = -1
-    generated: list[int] = dataclasses.field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None  # "stop" or "length" once finished
-    window_start: int = 0  # tokens[window_start:] are in the row (moves on at each shift)
-
-
-@dataclasses.dataclass(eq=False)
-class Request:
-    """A prompt and its n samples. `sequences` fill in as the engine runs."""
-
-    id: int
-    prompt: list[int]
-    params: SamplingParams
-    n: int
-    cropped: int = 0  # oldest prompt tokens cut at submit: the prompt exceeded the context
-    sequences: list[Sequence] = dataclasses.field(default_factory=list)
-    cancelled: bool = False
-    error: Exception | None = None  # why it failed; its rows are free again
-
-    @property
-    def done(self) -> bool:
-        return (
-            self.cancelled
-            or self.error is not None
-            or (len(self.sequences) == self.n and all(s.finish_reason for s in self.sequences))
-        )
-
-    @property
-    def prompt_tokens_dropped(self) -> int:
-        """Prompt tokens that some sample no longer saw: cut at submit, or slid out of its
-        window by a shift."""
-        slid = max((min(s.window_start, len(self.prompt)) for s in self.sequences), default=0)
-        return self.cropped + slid
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    """One new token of one sample, and the text it released ('' while held back)."""
-
-    request: Request
-    index: int
-    token: int | None  # None for a stop token or a final flush, which add no token
-    text: str
-    finish_reason: str | None
 
 
 def cast_for_inference(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -443,10 +389,3 @@ class Engine:
         self._seen[row] = False
         self._seen[row, torch.tensor(prompt, device=self.device)] = True
         self._counts[row] = 0
-
-
-def raise_failed(requests: list[Request]) -> None:
-    """Raise the error of the first of these requests that failed, if any."""
-    for request in requests:
-        if request.error is not None:
-            raise request.error
