@@ -16,6 +16,10 @@ Key decisions:
 - Scheduling is a handful of slots polled twice a second (locally), or submitit's executor
   (`launcher="submitit"`: SLURM on a cluster, its local executor elsewhere), never a queue of
   our own.
+
+What a run's process is (a subprocess or a submitit job) lives in processes.py, reading
+results.jsonl and metrics.jsonl in results.py, and the commit and machine of a record in
+provenance.py; their names used elsewhere stay importable from here.
 """
 
 from __future__ import annotations
@@ -25,26 +29,32 @@ import datetime
 import json
 import logging
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gptlab.ablate.processes import LAUNCHERS, LocalSlot, SubmititSlot, error_line, make_executor
+from gptlab.ablate.provenance import cpu_model, git_commit, machine  # noqa: F401 (re-exported)
+from gptlab.ablate.results import (
+    METRICS,
+    RESULTS,
+    final_metrics,
+    metric_value,
+    parse_time_to,
+    read_jsonl,  # noqa: F401 (re-exported: report.py imports it from here)
+    read_results,
+)
 from gptlab.config import to_dict
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.train.config import RunConfig
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.jsonl"
-METRICS = "metrics.jsonl"  # what training writes in each run directory
 RUN_CONFIG = "ablate_config.json"  # the resolved config the runner hands to `gptlab train`
 RUN_LOG = "train.log"  # the training process's stdout and stderr
-LAUNCHERS = ("local", "submitit")
 POLL_S = 0.5
 
 
@@ -60,148 +70,6 @@ class PlannedRun:
 
 def run_dir_for(out: Path, variant: str, seed: int) -> Path:
     return Path(out) / "runs" / variant / f"seed{seed}"
-
-
-# ---------------------------------------------------------------- reading what runs wrote
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file, skipping a line cut off mid-write."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def read_results(out: Path) -> list[dict[str, Any]]:
-    """The latest record of each (variant, seed) in OUT/results.jsonl, in first-seen order."""
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for rec in read_jsonl(Path(out) / RESULTS):
-        if "variant" in rec and "seed" in rec:
-            key = (str(rec["variant"]), int(rec["seed"]))
-            latest.pop(key, None)  # re-insert: the order is that of the latest records
-            latest[key] = rec
-    return list(latest.values())
-
-
-def parse_time_to(metric: str) -> tuple[str, str, float] | None:
-    """'time_to:val_loss<=1.9' -> ('val_loss', '<=', 1.9); None for a plain metric name;
-    ConfigError for a malformed one."""
-    if not metric.startswith("time_to:"):
-        return None
-    body = metric.removeprefix("time_to:")
-    for op in ("<=", ">="):
-        key, sep, target = body.partition(op)
-        if sep:
-            try:
-                return key.strip(), op, float(target)
-            except ValueError:
-                break
-    raise ConfigError(
-        f"metric {metric!r} is not time_to:METRIC<=X (or >=X), e.g. time_to:val_loss<=1.9"
-    )
-
-
-def final_metrics(run_dir: Path) -> dict[str, Any]:
-    """The run's final numbers from its metrics.jsonl: the last eval row's metrics, the mean
-    training throughput, the last train loss, and the parameters from its config.json."""
-    rows = read_jsonl(Path(run_dir) / METRICS)
-    evals = [r for r in rows if "val_loss" in r]
-    steps = [r for r in rows if "train_loss" in r]
-    final: dict[str, Any] = {}
-    if evals:
-        last = evals[-1]
-        keep = ("val_loss", "val_bpb", "train_eval_loss", "step", "tokens", "elapsed_s")
-        final |= {k: last[k] for k in keep if k in last}
-        final["train_time_s"] = last.get("train_time_s")
-        final |= {k: v for k, v in last.items() if k.startswith("eval/")}
-    if steps:
-        final["train_loss"] = steps[-1]["train_loss"]
-        rates = [r["tokens_per_s"] for r in steps if "tokens_per_s" in r]
-        final["tokens_per_s"] = sum(rates) / len(rates) if rates else None
-    params = _params(Path(run_dir) / "config.json")
-    if params is not None:
-        final["params"] = params
-    return final
-
-
-def _params(config_json: Path) -> int | None:
-    """Parameter count of the model a run trained (its config.json holds the data's vocab)."""
-    from gptlab.config import from_dict
-    from gptlab.model.accounting import build_meta, count_params  # torch: only when needed
-    from gptlab.model.config import ModelConfig
-
-    if not config_json.is_file():
-        return None
-    try:
-        model = from_dict(ModelConfig, json.loads(config_json.read_text())["model"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return count_params(build_meta(model)).total
-
-
-def metric_value(run_dir: Path, metric: str) -> tuple[float | None, str | None]:
-    """(value, why it is missing) of `metric` for a finished run: the last eval row's value, or
-    for time_to:KEY<=X the training seconds of the first eval that reached X (None, with a note,
-    when none did)."""
-    evals = [r for r in read_jsonl(Path(run_dir) / METRICS) if "val_loss" in r]
-    target = parse_time_to(metric)
-    if target is None:
-        if not evals or metric not in evals[-1]:
-            return None, f"the run's last evaluation logged no {metric}"
-        return float(evals[-1][metric]), None
-    key, op, x = target
-    for row in evals:
-        v = row.get(key)
-        if v is not None and (v <= x if op == "<=" else v >= x):
-            return float(row.get("train_time_s", row.get("elapsed_s"))), None
-    return None, f"never reached {key} {op} {x:g}"
-
-
-# ---------------------------------------------------------------- provenance
-
-
-def git_commit() -> str:
-    """The commit of the gptlab source tree the runs use ('unknown' outside a git checkout)."""
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    """Where the runs ran: host, CPU model and cores, Python and platform."""
-    return {
-        "host": platform.node(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 # ---------------------------------------------------------------- launching one run
@@ -235,85 +103,6 @@ def prepare_run_dir(p: PlannedRun) -> bool:
     tmp.write_text(json.dumps(to_dict(p.config), indent=2) + "\n")
     tmp.replace(p.run_dir / RUN_CONFIG)
     return resume
-
-
-def run_command(cmd: list[str], log_path: str) -> int:
-    """Run one training command with its output appended to `log_path`; its exit status. This
-    is what a submitit job executes (a module-level function, so it pickles)."""
-    with open(log_path, "a", encoding="utf-8") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
-        f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-
-
-def error_line(log_path: Path, returncode: int) -> str:
-    """The error a failed run printed (its last 'error:' line, else its last line)."""
-    lines = []
-    if log_path.is_file():
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()]
-        lines = [ln for ln in lines if ln]
-    for ln in reversed(lines):
-        if ln.startswith("error:") or "Error:" in ln or "Error" in ln.split(":")[0]:
-            return f"{ln} (exit status {returncode}; log: {log_path})"
-    tail = lines[-1] if lines else "no output"
-    return f"exit status {returncode}: {tail} (log: {log_path})"
-
-
-class _LocalSlot:
-    """A run in flight as a local subprocess (a fresh interpreter). The CLI launches runs
-    faster, forked from a fork server (gptlab.cli.launch); this is the library's default."""
-
-    def __init__(self, cmd: list[str], log_path: Path) -> None:
-        self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in poll)
-        self.log.write(f"$ {' '.join(cmd)}\n")
-        self.log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def poll(self) -> int | None:
-        rc = self.proc.poll()
-        if rc is not None:
-            self.log.close()
-        return rc
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
-class _SubmititSlot:
-    """A run in flight as a submitit job (SLURM, or submitit's local executor)."""
-
-    def __init__(self, executor: Any, cmd: list[str], log_path: Path) -> None:
-        self.job = executor.submit(run_command, cmd, str(log_path))
-
-    def poll(self) -> int | None:
-        if not self.job.done():
-            return None
-        try:
-            return int(self.job.result())
-        except Exception as e:  # the job itself failed (node lost, cancelled): a failed run
-            log.warning("submitit job %s failed: %s", self.job.job_id, e)
-            return -1
-
-    def stop(self) -> None:
-        self.job.cancel(check=False)
-
-
-def _executor(out: Path, launcher: str) -> Any:
-    if launcher == "local":
-        return None
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError(
-            "--launcher submitit needs submitit: pip install 'gptlab[cluster]'"
-        ) from None
-    executor = submitit.AutoExecutor(folder=str(out / "submitit"))
-    return executor
 
 
 # ---------------------------------------------------------------- the plan
@@ -369,7 +158,7 @@ def execute(
     if len(set(keys)) != len(keys):
         raise ConfigError("the plan holds the same (variant, seed) twice; name variants uniquely")
     out.mkdir(parents=True, exist_ok=True)
-    executor = _executor(out, launcher)
+    executor = make_executor(out, launcher)
     previous = {(r["variant"], int(r["seed"])): r for r in read_results(out)}
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -411,9 +200,9 @@ def execute(
         resume = prepare_run_dir(p)
         cmd, log_path = command(p, resume), p.run_dir / RUN_LOG
         handle = (
-            (launch or _LocalSlot)(cmd, log_path)
+            (launch or LocalSlot)(cmd, log_path)
             if executor is None
-            else _SubmititSlot(executor, cmd, log_path)
+            else SubmititSlot(executor, cmd, log_path)
         )
         running[slot] = (p, handle, time.monotonic(), resume)
         log.info("%s seed %d: %s", p.variant, p.seed, "resumed" if resume else "started")
