@@ -2,7 +2,7 @@
 (within bf16's precision), and the runtime's TF32 switch does what docs/training.md says.
 
 The fast path is the one `gptlab train --train.compile` takes on a GPU: the model compiled in
-place (as the loop's `_compile` does), the forward under the runtime's bf16 autocast, SDPA's
+place (as train/job.py's `_compile` does), the forward under the runtime's bf16 autocast, SDPA's
 flash kernel for plain causal attention, and torch's fused AdamW. The reference is the same
 model, eager, in strict fp32 (TF32 off). bf16 keeps 8 bits of mantissa (relative error about
 0.4 % per rounding), so the comparison is statistical, not bitwise:
@@ -47,7 +47,7 @@ def build(runtime: Runtime, compiled: bool) -> GPT:
     torch.manual_seed(0)
     model = GPT(CFG).to(runtime.device)
     if compiled:
-        model.compile()  # in place, as train/loop.py's _compile does
+        model.compile()  # in place, as train/job.py's _compile does
     return model.train()
 
 

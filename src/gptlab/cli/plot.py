@@ -26,7 +26,7 @@ from gptlab.errors import GptlabError
 
 Axis = Literal["step", "tokens", "time"]
 
-METRICS = "metrics.jsonl"  # written by gptlab.train.loop (kept in step with loop.METRICS)
+METRICS = "metrics.jsonl"  # written by gptlab.train.metrics (kept in step with its METRICS)
 CONFIG = "config.json"
 
 _X_LABEL = {"step": "optimizer step", "tokens": "training tokens seen"}
