@@ -152,3 +152,29 @@ def test_quantize_quality_reports_both_weight_formats(cli_env, text_file):
     assert abs(r["none"]["val_loss"] - r["int8"]["val_loss"]) < 0.1  # a small perturbation
     assert 0 < r["max_abs_logit_diff"] < r["largest_logit"]
     assert r["greedy"]["tokens"] == 20 and 0 <= r["greedy"]["agree"] <= 1
+
+
+@pytest.mark.slow
+@needs_shakespeare
+def test_cpu_recipe_sweep_runs_the_preset_and_a_variant_per_seed(tmp_path):
+    script = BENCHMARKS / "cpu_recipe_sweep.py"
+    env = {**os.environ, "GPTLAB_CACHE_DIR": str(tmp_path / "cache"), "GPTLAB_OFFLINE": "1"}
+    cmd = [sys.executable, str(script), "--preset", "tiny", "--seeds", "1", "2", "--dtype",
+           "float32", "--variant", 'lr={"optim.lr": 0.001}']  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert "cpu" in lines[0] and lines[0]["variants"] == {"preset": {}, "lr": {"optim.lr": 0.001}}
+    runs = [r for r in lines if "variant" in r]
+    assert [(r["variant"], r["seed"]) for r in runs] == [
+        ("preset", 1), ("lr", 1), ("preset", 2), ("lr", 2),
+    ]  # fmt: skip
+    assert all(r["steps"] == 20 for r in runs)
+    summary = {r["summary"]: r for r in lines if "summary" in r}
+    for name in ("preset", "lr"):
+        vals = [r["val_loss"] for r in runs if r["variant"] == name]
+        assert summary[name]["val_losses"] == vals and summary[name]["worst"] == max(vals)
+    assert runs[0]["val_loss"] != runs[1]["val_loss"]  # the variant really trained differently
+    bad = subprocess.run([*cmd[:2], "--variant", 'x={"optim.nope": 1}'], capture_output=True,
+                         text=True, timeout=120, env=env)  # fmt: skip
+    assert bad.returncode != 0 and "unknown config field 'optim.nope'" in bad.stderr
