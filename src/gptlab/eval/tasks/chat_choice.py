@@ -35,19 +35,19 @@ import math
 import numpy as np
 
 from gptlab.errors import GptlabError
-from gptlab.eval.scorer import Request, score_continuations
+from gptlab.eval.scorer import Request
 from gptlab.eval.tasks.base import TaskContext, TaskResult, gather_rows, shard, subset
 from gptlab.eval.tasks.choice import (
     ACC,
     ACC_NORM,
     CHANCE,
     COLUMNS,
-    CROPPED,
     PRED,
     VALID,
     ChoiceExample,
     choice_result,
     fewshot_shots,
+    logprobs_by_row,
 )
 from gptlab.tokenizer.chat import ChatTemplate, Message
 
@@ -173,18 +173,7 @@ def run_chat_choice_task(
         rows[row, VALID] = 1
     # the choices share their context: one prefill per example, then the head at its last
     # position for the k letters (log-softmax there ranks them as their logits do)
-    scores = score_continuations(
-        ctx.model,
-        requests,
-        batch_size=ctx.batch_size,
-        autocast=ctx.autocast,
-        world_size=ctx.world_size,
-    )
-    lps: dict[int, list[float]] = {}
-    for row, s in zip(owners, scores, strict=True):
-        lps.setdefault(row, []).append(s.logprob)
-        rows[row, CROPPED] = max(rows[row, CROPPED], float(s.cropped))
-    for row, lp in lps.items():
+    for row, lp in logprobs_by_row(ctx, requests, owners, rows).items():
         ex = examples[int(chosen[mine[row]])]
         pred = int(np.argmax(lp))  # ties go to the earliest letter
         rows[row, ACC], rows[row, PRED] = pred == ex.gold, pred

@@ -83,7 +83,7 @@ def run_choice_task(
     chosen = subset(len(examples), ctx.limit, ctx.seed)
     mine = shard(ctx, len(chosen))
     requests: list[Request] = []
-    owners: list[tuple[int, int]] = []  # (row among mine, choice)
+    owners: list[int] = []  # row among mine of each request (its choices in order)
     rows = np.zeros((len(mine), COLUMNS))
     for row, j in enumerate(mine):
         i = int(chosen[j])
@@ -98,19 +98,8 @@ def run_choice_task(
             continue
         rows[row, VALID] = 1
         requests += pairs
-        owners += [(row, c) for c in range(len(ex.choices))]
-    scores = score_continuations(
-        ctx.model,
-        requests,
-        batch_size=ctx.batch_size,
-        autocast=ctx.autocast,
-        world_size=ctx.world_size,
-    )
-    lls: dict[int, list[float]] = {}
-    for (row, _), s in zip(owners, scores, strict=True):
-        lls.setdefault(row, []).append(s.logprob)
-        rows[row, CROPPED] = max(rows[row, CROPPED], float(s.cropped))
-    for row, ll in lls.items():
+        owners += [row] * len(ex.choices)
+    for row, ll in logprobs_by_row(ctx, requests, owners, rows).items():
         ex = examples[int(chosen[mine[row]])]
         chars = np.array([float(len(c)) for c in ex.choices])
         pred, pred_norm = int(np.argmax(ll)), int(np.argmax(np.array(ll) / chars))
@@ -119,6 +108,25 @@ def run_choice_task(
         rows[row, CHANCE] = 1.0 / len(ex.choices)
     table = gather_rows(ctx, mine, rows, len(chosen))
     return choice_result(name, table, chosen, {**settings, "examples": len(examples)})
+
+
+def logprobs_by_row(
+    ctx: TaskContext, requests: list[Request], owners: list[int], rows: np.ndarray
+) -> dict[int, list[float]]:
+    """Score every request; each row's log-probabilities in request order. A row's CROPPED
+    column is set when any of its requests was cut to fit the context."""
+    scores = score_continuations(
+        ctx.model,
+        requests,
+        batch_size=ctx.batch_size,
+        autocast=ctx.autocast,
+        world_size=ctx.world_size,
+    )
+    by_row: dict[int, list[float]] = {}
+    for row, s in zip(owners, scores, strict=True):
+        by_row.setdefault(row, []).append(s.logprob)
+        rows[row, CROPPED] = max(rows[row, CROPPED], float(s.cropped))
+    return by_row
 
 
 def choice_result(
