@@ -41,6 +41,18 @@ def test_health_models_and_page(server):
     assert models["data"][0]["context_length"] == 64
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and 'id="messages"' in page.text
+    for name, kind, marker in (
+        ("chat.css", "text/css", "#messages"),
+        ("chat.js", "text/javascript", "loadModels"),
+    ):
+        assert f"/static/{name}" in page.text  # the page links its own styles and script
+        asset = httpx.get(f"{server.url}/static/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+        assert marker in asset.text
+    for name in ("index.html", "..%2Fapp.py", "nope.js", "%2E%2E%2F%2E%2E%2Fpyproject.toml"):
+        refused = httpx.get(f"{server.url}/static/{name}")  # only the listed files, nothing else
+        assert refused.status_code == 404
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"  # still serving
 
 
 def test_openai_client_completions(server):

@@ -1,6 +1,7 @@
 """The HTTP app: OpenAI-compatible completions and chat completions, and a web chat page.
 
     GET  /                      the chat page (static/index.html)
+    GET  /static/chat.css|js    its styles and script (a fixed list of files)
     GET  /health                {"status": "ok", "models": [...], "failed": {}}; 503 when a
                                 model's worker thread has died ("failed" says why)
     GET  /v1/models             the models served, OpenAI's list format, each with its
@@ -28,7 +29,7 @@ from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from gptlab.infer.engine import Event
 from gptlab.serve.body_limit import BodyLimit
@@ -42,6 +43,12 @@ from gptlab.serve.schemas import (
     plan_completion,
 )
 from gptlab.serve.worker import DONE, Handle, ModelWorker, QueueFull, WorkerDied
+
+ASSETS = {"chat.css": "text/css", "chat.js": "text/javascript"}  # the page's files, by name
+
+
+def _static_text(name: str) -> str:
+    return resources.files("gptlab.serve").joinpath("static", name).read_text("utf-8")
 
 
 def _sse(data: dict | str) -> str:
@@ -160,7 +167,13 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
-        return resources.files("gptlab.serve").joinpath("static/index.html").read_text("utf-8")
+        return _static_text("index.html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str) -> Response:
+        if name not in ASSETS:  # a fixed list: no path from the request reaches the disk
+            raise APIError(404, f"no static file {name!r}", "name", "not_found")
+        return Response(_static_text(name), media_type=ASSETS[name])
 
     @app.get("/health")
     async def health() -> JSONResponse:
