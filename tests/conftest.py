@@ -14,6 +14,8 @@ from gptlab.model.config import ModelConfig
 from gptlab.presets import tiny
 
 SHARED = os.environ.get("GPTLAB_DATA_DIR")
+if SHARED:  # absolute, so tests that chdir (cli_env) still find it: the README gives ../shared/data
+    SHARED = os.environ["GPTLAB_DATA_DIR"] = os.path.abspath(SHARED)
 
 
 def shakespeare_path() -> Path | None:
